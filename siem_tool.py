@@ -1,0 +1,2106 @@
+"""siem_tool - forward Trend Micro Portable Security 3 logs to a SIEM.
+
+Usage:
+  siem_tool export --log=<log> --format=<format> [--assetinfo=<kinds>] [--date <from> <to>] [--ip=<ip> | --netmask=<netmask>] [--hostname=<hostname>] [options]
+  siem_tool send --siem=<siem> --log=<log> [--assetinfo=<kinds>] [--startdate=<startdate>] [options]
+  siem_tool -h | --help
+  siem_tool -v | --version
+
+Options:
+  --log=<log>            scannedlog, detectedlog, assetinfo or all
+  --format=<format>      csv or leef (send always uses leef)
+  --assetinfo=<kinds>    comma list of assetinfo, applicationinfo, updateinfo,
+                         or all [default: all]
+  --date                 export scans and collections made between two days,
+                         both inclusive, written ddMMyyyy (--date 01012020 31012020)
+  --ip=<ip>              only this endpoint IPv4 address
+  --netmask=<netmask>    only this IPv4 network, CIDR (192.168.0.0/24)
+  --hostname=<hostname>  only this endpoint host name (case-insensitive)
+  --siem=<siem>          qradar, splunk or rsyslog
+  --startdate=<startdate>  resend from this import time, "yyyy-MM-dd HH:mm:ss"
+                         (overrides Startdate in config.ini for this run)
+  --config=<file>        config file (default: config.ini beside siem_tool.py)
+  --output=<dir>         folder for the files written (default: export/ or
+                         sent/ beside config.ini)
+  -d --debug             append details to debug_log_SIEM-tool.txt beside
+                         config.ini and show tracebacks
+  -h --help              show this text
+  -v --version           show the version
+
+Exit codes: 0 done, 1 bug, 2 usage or config error, 3 log store unreadable,
+4 SIEM unreachable or refused, 5 another run in progress, 6 done but records
+were quarantined, 130 interrupted.
+"""
+from __future__ import annotations
+
+import calendar
+import codecs
+import configparser
+import contextlib
+import csv
+import dataclasses
+import datetime as dt
+import gzip
+import hashlib
+import ipaddress
+import json
+import logging
+import os
+import random
+import re
+import socket
+import sqlite3
+import ssl
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Sequence
+
+import docopt
+import requests
+
+__version__ = "1.0.0"
+
+# --- constants ---------------------------------------------------------------
+
+KINDS = ("scannedlog", "detectedlog", "assetinfo", "applicationinfo", "updateinfo")
+ASSET_KINDS = ("assetinfo", "applicationinfo", "updateinfo")
+LOG_CHOICES = ("scannedlog", "detectedlog", "assetinfo", "all")
+FORMATS = ("csv", "leef")
+SIEMS = ("qradar", "splunk", "rsyslog")
+
+DEBUG_LOG_NAME = "debug_log_SIEM-tool.txt"
+# Where the Management Program installs itself when the admin keeps the default.
+DEFAULT_INSTALLED_FOLDER = r"C:\Program Files (x86)\Trend Micro\Portable Security 3\Management Program"
+STORE_RELATIVE_PATH = os.path.join("Data", "tmps3log.db")
+STARTDATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+LEEF_HEADER = "LEEF:2.0|TrendMicro|PortableSecurity|3.0|{event}|{delim}|"
+DEFAULT_LEEF_TIME_FORMAT = "MMM dd yyyy HH:mm:ss"
+
+# Default LEEF severity (1-10) per event id, SPEC section 4.
+DEFAULT_SEVERITY = {1000: 2, 1001: 4, 1002: 7, 1003: 3, 1004: 3, 3000: 2}
+DETECTION_RESULTS = ("Fixed", "Unable to fix", "Fixed at restart", "Ignored")
+for _risk in range(3):
+    for _r, _sev in enumerate((2, 6 + _risk, 4 + _risk, 5 + _risk)):
+        DEFAULT_SEVERITY[2000 + 4 * _risk + _r] = _sev
+
+RECORDS_PER_BATCH = 1000          # the resume point is saved at least this often
+BYTES_PER_BATCH = 1_000_000       # ... or this often, whichever comes first
+STORE_PAGE = 2000                 # rows read per query (keyset paging)
+
+EXIT_OK, EXIT_BUG, EXIT_USAGE, EXIT_STORE, EXIT_SIEM, EXIT_BUSY, EXIT_QUARANTINE = 0, 1, 2, 3, 4, 5, 6
+EXIT_INTERRUPTED = 130
+
+log = logging.getLogger("siem_tool")
+
+# --- errors ------------------------------------------------------------------
+
+
+class SiemToolError(Exception):
+    """An expected failure: main prints its message on one line and exits with its code."""
+    exit_code = EXIT_BUG
+
+
+class UsageError(SiemToolError):
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(SiemToolError):
+    exit_code = EXIT_USAGE
+
+
+class StoreError(SiemToolError):
+    exit_code = EXIT_STORE
+
+
+class SiemError(SiemToolError):
+    """The SIEM could not be reached or refused; `delivered` records of the batch got through."""
+    exit_code = EXIT_SIEM
+
+    def __init__(self, message: str, delivered: int = 0, kind_only: bool = False):
+        super().__init__(message)
+        self.delivered = delivered
+        self.kind_only = kind_only  # the other kinds may still be sent (e.g. a missing index)
+
+
+class BusyError(SiemToolError):
+    exit_code = EXIT_BUSY
+
+
+# --- command line ------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Options:
+    command: str
+    kinds: list
+    config_path: str
+    output: Optional[str] = None
+    debug: bool = False
+    format: str = "leef"
+    date_range: Optional[tuple] = None      # ('YYYY-MM-DD 00:00:00', next day) for SQL
+    ip: Optional[str] = None
+    network: Optional[ipaddress.IPv4Network] = None
+    hostname: Optional[str] = None
+    siem: Optional[str] = None
+    startdate: Optional[str] = None         # local time text, validated
+
+
+def parse_command_line(argv: Sequence[str]) -> Options:
+    """Turn argv into Options; every mistake is a UsageError naming the option."""
+    try:
+        args = docopt.docopt(__doc__, argv=list(argv), version=f"siem_tool {__version__}")
+    except docopt.DocoptExit:
+        raise UsageError(explain_usage_mistake(argv)) from None
+    command = "export" if args["export"] else "send"
+    options = Options(
+        command=command,
+        kinds=parse_kinds(args["--log"], args["--assetinfo"]),
+        config_path=resolve_config_path(args["--config"]),
+        output=args["--output"],
+        debug=bool(args["--debug"]),
+    )
+    if command == "export":
+        options.format = parse_choice("--format", args["--format"], FORMATS)
+        if args["--date"]:
+            options.date_range = parse_date_range(args["<from>"], args["<to>"])
+        options.ip = parse_ip(args["--ip"]) if args["--ip"] else None
+        options.network = parse_network(args["--netmask"]) if args["--netmask"] else None
+        options.hostname = args["--hostname"]
+    else:
+        options.siem = parse_choice("--siem", args["--siem"], SIEMS)
+        if args["--startdate"] is not None:
+            options.startdate = parse_startdate(args["--startdate"], "--startdate")
+    return options
+
+
+def explain_usage_mistake(argv: Sequence[str]) -> str:
+    """Name the most likely mistake, since docopt only says that the line did not match."""
+    words = list(argv)
+    named = {w.split("=", 1)[0] for w in words if w.startswith("-")}
+    known = set(re.findall(r"(--?[a-z][a-z-]*)", __doc__.split("Options:")[1]))
+    unknown = sorted(n for n in named if n not in known)
+    if unknown:
+        return f"unknown option {unknown[0]}; run 'siem_tool -h' for the options"
+    if {"--ip", "--netmask"} <= named:
+        return "--ip and --netmask cannot be used together; give one of them"
+    command = next((w for w in words if not w.startswith("-")), None)
+    if command not in ("export", "send"):
+        return "the first word must be export or send; run 'siem_tool -h' for the usage"
+    if "--date" in named:
+        i = words.index("--date")
+        values = [w for w in words[i + 1:i + 3] if not w.startswith("-")]
+        if len(values) < 2:
+            return "--date needs two days: --date <from> <to>, each ddMMyyyy"
+    for required in (("--log", "--format") if command == "export" else ("--siem", "--log")):
+        if required not in named:
+            return f"{command} needs {required}; run 'siem_tool -h' for the usage"
+    other = "--siem/--startdate" if command == "export" else "--format/--date/--ip/--netmask/--hostname"
+    return f"these options do not fit '{command}' ({other} belong to the other command, or a value is missing); run 'siem_tool -h'"
+
+
+def parse_choice(option: str, value: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise UsageError(f"{option}={value}: unknown value; use one of {', '.join(choices)}")
+    return value
+
+
+def parse_kinds(log_value: str, assetinfo_value: str) -> list:
+    """The kinds a run covers, in the order they are written or sent."""
+    parse_choice("--log", log_value, LOG_CHOICES)
+    asset_kinds = parse_asset_kinds(assetinfo_value or "all")
+    if log_value == "all":
+        return ["scannedlog", "detectedlog"] + asset_kinds
+    return asset_kinds if log_value == "assetinfo" else [log_value]
+
+
+def parse_asset_kinds(value: str) -> list:
+    wanted = [w.strip() for w in value.split(",") if w.strip()]
+    if wanted == ["all"]:
+        return list(ASSET_KINDS)
+    for word in wanted:
+        if word not in ASSET_KINDS:
+            raise UsageError(f"--assetinfo={value}: unknown kind '{word}'; use a comma list of "
+                             f"{', '.join(ASSET_KINDS)}, or all")
+    if not wanted:
+        raise UsageError("--assetinfo is empty; use a comma list of assetinfo, applicationinfo, updateinfo, or all")
+    return [k for k in ASSET_KINDS if k in wanted]
+
+
+def parse_day(value: str, option: str) -> dt.date:
+    if not re.fullmatch(r"\d{8}", value or ""):
+        raise UsageError(f"{option} {value}: not a day; write ddMMyyyy, e.g. 31012020")
+    try:
+        return dt.date(int(value[4:]), int(value[2:4]), int(value[:2]))
+    except ValueError:
+        raise UsageError(f"{option} {value}: no such day; write ddMMyyyy, e.g. 31012020") from None
+
+
+def parse_date_range(first: str, last: str) -> tuple:
+    start, end = parse_day(first, "--date"), parse_day(last, "--date")
+    if start > end:
+        raise UsageError(f"--date {first} {last}: the first day is after the second; give <from> then <to>")
+    after_end = end + dt.timedelta(days=1)
+    return (f"{start.isoformat()} 00:00:00", f"{after_end.isoformat()} 00:00:00")
+
+
+def parse_ip(value: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except ValueError:
+        raise UsageError(f"--ip={value}: not an IPv4 address; write it like 192.168.0.10") from None
+
+
+def parse_network(value: str) -> ipaddress.IPv4Network:
+    """A CIDR network; host bits set (192.168.1.5/24) mean that address's network, as SPEC says."""
+    if "/" not in value:
+        raise UsageError(f"--netmask={value}: not a network in CIDR form; write it like 192.168.0.0/24")
+    try:
+        return ipaddress.IPv4Network(value, strict=False)
+    except ValueError:
+        raise UsageError(f"--netmask={value}: not a network in CIDR form; write it like 192.168.0.0/24") from None
+
+
+def parse_startdate(value: str, where: str) -> str:
+    try:
+        return dt.datetime.strptime(value.strip(), STARTDATE_FORMAT).strftime(STARTDATE_FORMAT)
+    except ValueError:
+        raise UsageError(f"{where} '{value}': not a time; write \"yyyy-MM-dd HH:mm:ss\", "
+                         f"e.g. \"2020-07-10 17:01:08\"") from None
+
+
+def resolve_config_path(value: Optional[str]) -> str:
+    """--config, or config.ini in siem_tool.py's own folder, as SIEM-Tool.exe found its own."""
+    if value:
+        return os.path.abspath(value)
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "config.ini")
+
+
+# --- config ------------------------------------------------------------------
+
+SECRET_KEYS = {"token"}
+
+
+def decode_config_bytes(data: bytes, path: str) -> tuple:
+    """(text, codec, BOM) of config.ini as Windows editors save it: UTF-8 with or without BOM
+    (Notepad), UTF-16 (PowerShell redirection), cp932 (Japanese "ANSI" Notepad)."""
+    for bom, codec in ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"),
+                       (codecs.BOM_UTF16_BE, "utf-16-be")):
+        if data.startswith(bom):
+            try:
+                return data[len(bom):].decode(codec), codec, bom
+            except UnicodeDecodeError:
+                break
+    else:
+        for codec in ("utf-8", "cp932"):
+            try:
+                return data.decode(codec), codec, b""
+            except UnicodeDecodeError:
+                continue
+    raise ConfigError(f"{path}: not readable as UTF-8, UTF-16 or Shift_JIS text; save it as UTF-8 in Notepad")
+
+
+def read_config_file(path: str) -> tuple:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found; copy config.ini there or give --config=<file>") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a config file; give --config=<file>") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file ({e.strerror}); check its permissions") from None
+    return decode_config_bytes(data, path)
+
+
+def parse_ini(text: str, path: str) -> dict:
+    """Sections by lower-case name, each a dict of lower-case key -> value.
+
+    Error texts give line numbers, never line contents: a bad line may hold the HEC token.
+    """
+    parser = configparser.ConfigParser(interpolation=None, strict=True, comment_prefixes=(";", "#"),
+                                       empty_lines_in_values=False, default_section="\x00none")
+    try:
+        parser.read_string(text, source=path)
+    except configparser.DuplicateSectionError as e:
+        raise ConfigError(f"{path} line {e.lineno}: section [{e.section}] appears twice; merge the two") from None
+    except configparser.DuplicateOptionError as e:
+        raise ConfigError(f"{path} line {e.lineno}: [{e.section}] {e.option} appears twice; keep one") from None
+    except configparser.MissingSectionHeaderError as e:
+        raise ConfigError(f"{path} line {e.lineno}: a setting before any [section]; "
+                          f"start the file with [General Setting]") from None
+    except configparser.ParsingError as e:
+        line = e.errors[0][0] if e.errors else "?"
+        raise ConfigError(f"{path} line {line}: not a 'Key = value' line; fix or comment it out with ;") from None
+    sections = {}
+    for name in parser.sections():
+        if name.strip().lower() in sections:
+            raise ConfigError(f"{path}: section [{name}] appears twice (letter case differs); merge the two")
+        sections[name.strip().lower()] = dict(parser.items(name))
+    return sections
+
+
+class IniSection:
+    """Typed, validated reads of one section; each error names file, section, key and what is allowed."""
+
+    def __init__(self, path: str, name: str, values: Optional[dict]):
+        if values is None:
+            raise ConfigError(f"{path}: section [{name}] is missing; add it (see the config.ini shipped with siem_tool)")
+        self.path, self.name, self.values = path, name, values
+
+    def fail(self, key: str, why: str) -> ConfigError:
+        return ConfigError(f"{self.path} [{self.name}] {key}: {why}")
+
+    def text(self, key: str, default: Optional[str] = None) -> str:
+        value = self.values.get(key.lower(), "").strip()
+        if value:
+            return value
+        if default is None:
+            raise self.fail(key, "missing or empty; it is required")
+        return default
+
+    def integer(self, key: str, default: int, low: int, high: int) -> int:
+        value = self.text(key, str(default))
+        shown = "(hidden)" if key.lower() in SECRET_KEYS else repr(value)
+        if not re.fullmatch(r"[+-]?\d+", value) or not low <= int(value) <= high:
+            raise self.fail(key, f"{shown} is not allowed; use a whole number from {low} to {high}")
+        return int(value)
+
+    def number(self, key: str, default: float, low: float, high: float) -> float:
+        value = self.text(key, str(default))
+        try:
+            number = float(value)
+        except ValueError:
+            number = float("nan")
+        if not low <= number <= high:
+            raise self.fail(key, f"{value!r} is not allowed; use a number from {low:g} to {high:g}")
+        return number
+
+    def choice(self, key: str, default: str, choices: Sequence[str]) -> str:
+        value = self.text(key, default)
+        for choice in choices:
+            if value.lower() == choice.lower():
+                return choice
+        raise self.fail(key, f"{value!r} is not allowed; use one of {', '.join(choices)}")
+
+    def boolean(self, key: str, default: bool) -> bool:
+        return self.choice(key, "yes" if default else "no", ("yes", "no", "true", "false", "1", "0")) in ("yes", "true", "1")
+
+    def path_value(self, key: str, default: str = "") -> str:
+        """A path relative to config.ini's folder, never to the working directory (Task Scheduler)."""
+        value = self.text(key, default).strip('"')
+        if not value:
+            return ""
+        return os.path.normpath(os.path.join(os.path.dirname(self.path), os.path.expanduser(value)))
+
+
+@dataclasses.dataclass
+class SyslogSettings:
+    label: str              # e.g. "QRadar 10.0.0.5:6514 (TLS)", for messages
+    address: str
+    port: int
+    protocol: str           # UDP, TCP or TLS
+    cert_file: str
+    server_name: str
+    framing: str            # lf or octet-counting
+    header: str             # rfc3164 or rfc5424
+    max_message: int
+    timeout: float
+    udp_rate: int           # datagrams per second
+
+
+@dataclasses.dataclass
+class SplunkSettings:
+    label: str
+    address: str
+    port: int
+    token: str = dataclasses.field(repr=False)
+    cert_file: str
+    server_name: str
+    source_type: str
+    use_ack: bool
+    timeout: float
+    retry_seconds: float
+    batch_bytes: int
+    gzip_level: int
+    time_zone: Optional[dt.tzinfo]
+
+
+@dataclasses.dataclass
+class Config:
+    path: str
+    folder: str
+    codec: str
+    bom: bytes
+    sections: dict = dataclasses.field(repr=False)
+    startdate: str
+    facility: int
+    store_path: str
+    severity: dict
+    leef_time_format: str
+    leef_delimiter: str
+
+    def section(self, name: str) -> IniSection:
+        return IniSection(self.path, name, self.sections.get(name.lower()))
+
+    def siem_settings(self, siem: str):
+        return {"qradar": qradar_settings, "rsyslog": rsyslog_settings, "splunk": splunk_settings}[siem](self)
+
+
+def load_config(path: str) -> Config:
+    """The only code that reads config.ini."""
+    text, codec, bom = read_config_file(path)
+    sections = parse_ini(text, path)
+    general = IniSection(path, "General Setting", sections.get("general setting"))
+    startdate = general.text("Startdate", "")
+    if startdate:
+        startdate = parse_startdate(startdate, f"{path} [General Setting] Startdate")
+    installed = general.path_value("InstalledFolder", DEFAULT_INSTALLED_FOLDER)
+    time_format = general.text("LeefTimeFormat", DEFAULT_LEEF_TIME_FORMAT)
+    try:
+        compile_java_time_pattern(time_format)
+    except ValueError as e:
+        raise general.fail("LeefTimeFormat", str(e)) from None
+    return Config(
+        path=path, folder=os.path.dirname(path), codec=codec, bom=bom, sections=sections,
+        startdate=startdate,
+        facility=general.integer("Facility", 20, 0, 23),
+        store_path=os.path.join(installed, STORE_RELATIVE_PATH),
+        severity={event: general.integer(f"Event{event}", sev, 1, 10) for event, sev in DEFAULT_SEVERITY.items()},
+        leef_time_format=time_format,
+        leef_delimiter=parse_leef_delimiter(general),
+    )
+
+
+def parse_leef_delimiter(general: IniSection) -> str:
+    """TAB by default (the guide's choice); any other punctuation, written as itself or as xHH."""
+    value = general.text("LeefDelimiter", "x09")
+    match = re.fullmatch(r"(?:x|0x|\\x)([0-9A-Fa-f]{2})", value)
+    char = chr(int(match.group(1), 16)) if match else value
+    if char == "\t" or (len(char) == 1 and char.isascii() and char.isprintable()
+                        and not char.isalnum() and char not in "= \\'\""):
+        return char
+    raise general.fail("LeefDelimiter", f"{value!r} is not allowed; use x09 (TAB) or one punctuation "
+                                        f"character such as ^ (x5E), not = or \\")
+
+
+def syslog_settings(config: Config, section_name: str, protocol: str, default_port: int) -> SyslogSettings:
+    section = config.section(section_name)
+    address = section.text("ServerAddress")
+    port = section.integer("ServerPort", default_port, 1, 65535)
+    cert_file = section.path_value("CertFile")
+    if protocol == "TLS" and section_name == "QRadar" and not cert_file:
+        raise section.fail("CertFile", "missing; copy QRadar's syslog-tls.cert beside config.ini and name it here")
+    if cert_file and protocol == "TLS" and not os.path.isfile(cert_file):
+        raise section.fail("CertFile", f"{cert_file} not found; copy the server's certificate there")
+    return SyslogSettings(
+        label=f"{section_name} {address}:{port} ({protocol})",
+        address=address, port=port, protocol=protocol, cert_file=cert_file,
+        server_name=section.text("TLSServerName", ""),
+        framing=section.choice("Framing", "lf", ("lf", "octet-counting")),
+        header=section.choice("Header", "rfc3164" if section_name == "QRadar" else "rfc5424",
+                              ("rfc3164", "rfc5424")),
+        max_message=section.integer("MaxMessageSize", 8096, 480, 65507 if protocol == "UDP" else 1048576),
+        timeout=section.number("Timeout", 30, 0.1, 3600),
+        udp_rate=section.integer("UdpRate", 25000, 1, 1000000),
+    )
+
+
+def qradar_settings(config: Config) -> SyslogSettings:
+    return syslog_settings(config, "QRadar", "TLS", 6514)
+
+
+def rsyslog_settings(config: Config) -> SyslogSettings:
+    protocol = config.section("RSyslog").choice("Protocol", "UDP", ("UDP", "TCP", "TLS"))
+    return syslog_settings(config, "RSyslog", protocol, 514)
+
+
+def splunk_settings(config: Config) -> SplunkSettings:
+    section = config.section("Splunk")
+    address = section.text("ServerAddress")
+    port = section.integer("ServerPort", 8088, 1, 65535)
+    token = section.values.get("token", "").strip()
+    if not token:
+        raise section.fail("Token", "missing or empty; paste the HEC token from Splunk's Settings > Data inputs")
+    cert_file = section.path_value("CertFile")
+    if cert_file and not os.path.isfile(cert_file):
+        raise section.fail("CertFile", f"{cert_file} not found; copy Splunk's CA certificate there")
+    return SplunkSettings(
+        label=f"Splunk HEC {address}:{port}", address=address, port=port, token=token,
+        cert_file=cert_file, server_name=section.text("TLSServerName", ""),
+        source_type=section.text("SourceType", "tmps3:leef"),
+        use_ack=section.boolean("UseAck", False),
+        timeout=section.number("Timeout", 30, 0.1, 3600),
+        retry_seconds=section.number("RetrySeconds", 300, 0, 86400),
+        batch_bytes=section.integer("BatchBytes", BYTES_PER_BATCH, 1000, 100_000_000),
+        gzip_level=section.integer("GzipLevel", 1, 0, 9),
+        time_zone=parse_time_zone(section),
+    )
+
+
+def parse_time_zone(section: IniSection) -> Optional[dt.tzinfo]:
+    """Zone of the store's endpoint times for HEC's epoch `time`; empty means this PC's zone."""
+    value = section.text("TimeZone", "")
+    if not value:
+        return None
+    if value.upper() in ("UTC", "Z"):
+        return dt.timezone.utc
+    match = re.fullmatch(r"(?:UTC)?\s*([+-])(\d{2}):?(\d{2})", value, re.IGNORECASE)
+    if not match:
+        raise section.fail("TimeZone", f"{value!r} is not allowed; use UTC or an offset like +09:00, or leave it empty")
+    sign = -1 if match.group(1) == "-" else 1
+    return dt.timezone(sign * dt.timedelta(hours=int(match.group(2)), minutes=int(match.group(3))))
+
+
+def masked_config(config: Config) -> dict:
+    """config.ini as the debug log shows it: secrets replaced."""
+    return {name: {k: ("********" if k in SECRET_KEYS else v) for k, v in values.items()}
+            for name, values in config.sections.items()}
+
+
+# --- times -------------------------------------------------------------------
+
+MONTH_NAMES = ("January", "February", "March", "April", "May", "June", "July",
+               "August", "September", "October", "November", "December")
+DAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+STORE_TIME = re.compile(r"(\d{4})-(\d\d)-(\d\d)[ T](\d\d):(\d\d):(\d\d)(?:\.(\d{1,6}))?")
+
+# Java pattern letters -> how to write them. Names are English on purpose: a Japanese
+# Windows locale must not turn "Jul" into "7月" in a SIEM that parses English.
+JAVA_FIELDS = {
+    "yyyy": lambda t: f"{t.year:04d}", "yy": lambda t: f"{t.year % 100:02d}",
+    "MMMM": lambda t: MONTH_NAMES[t.month - 1], "MMM": lambda t: MONTH_NAMES[t.month - 1][:3],
+    "MM": lambda t: f"{t.month:02d}", "M": lambda t: str(t.month),
+    "dd": lambda t: f"{t.day:02d}", "d": lambda t: str(t.day),
+    "HH": lambda t: f"{t.hour:02d}", "H": lambda t: str(t.hour),
+    "hh": lambda t: f"{(t.hour % 12) or 12:02d}", "h": lambda t: str((t.hour % 12) or 12),
+    "mm": lambda t: f"{t.minute:02d}", "m": lambda t: str(t.minute),
+    "ss": lambda t: f"{t.second:02d}", "s": lambda t: str(t.second),
+    "SSS": lambda t: f"{t.microsecond // 1000:03d}",
+    "a": lambda t: "AM" if t.hour < 12 else "PM",
+    "EEEE": lambda t: DAY_NAMES[t.weekday()], "EEE": lambda t: DAY_NAMES[t.weekday()][:3],
+    "Z": lambda t: local_offset(t, colon=False), "XXX": lambda t: local_offset(t, colon=True),
+}
+JAVA_TOKEN = re.compile(r"""
+    '((?:[^']|'')*)'     # quoted text; '' inside is one quote
+  | ([A-Za-z])\2*        # a run of one pattern letter
+  | [^A-Za-z']+          # anything else is written as it is
+  | (')                  # an unterminated quote
+""", re.VERBOSE)
+
+
+def local_offset(t: dt.datetime, colon: bool) -> str:
+    """This PC's UTC offset at t: the store's endpoint times carry no zone of their own."""
+    offset = t.astimezone().utcoffset() or dt.timedelta(0)
+    if colon and not offset:
+        return "Z"
+    sign = "-" if offset < dt.timedelta(0) else "+"
+    minutes = abs(int(offset.total_seconds())) // 60
+    return f"{sign}{minutes // 60:02d}{':' if colon else ''}{minutes % 60:02d}"
+
+
+def compile_java_time_pattern(pattern: str) -> Callable[[dt.datetime], str]:
+    """A function writing a datetime as the Java SimpleDateFormat pattern would; ValueError if unsupported."""
+    pieces = []
+    for match in JAVA_TOKEN.finditer(pattern):
+        quoted, letter, stray = match.group(1), match.group(2), match.group(3)
+        token = match.group(0)
+        if stray:
+            raise ValueError(f"unterminated quote in {pattern!r}; write a literal quote as ''")
+        if quoted is not None:
+            literal = quoted.replace("''", "'") if quoted else "'"
+            pieces.append(lambda t, s=literal: s)
+        elif letter:
+            if token not in JAVA_FIELDS:
+                raise ValueError(f"{pattern!r}: pattern letters {token!r} are not supported; use "
+                                 f"{' '.join(JAVA_FIELDS)} and 'quoted text'")
+            pieces.append(JAVA_FIELDS[token])
+        else:
+            pieces.append(lambda t, s=token: s)
+    return lambda t: "".join(piece(t) for piece in pieces)
+
+
+def parse_store_time(text) -> Optional[dt.datetime]:
+    """An endpoint time as the store keeps it ('YYYY-MM-DD HH:MM:SS'), or None if it is not one."""
+    match = STORE_TIME.fullmatch(text) if isinstance(text, str) else None
+    if not match:
+        return None
+    y, mo, d, h, mi, s, frac = match.groups()
+    try:
+        return dt.datetime(int(y), int(mo), int(d), int(h), int(mi), int(s), int((frac or "0").ljust(6, "0")))
+    except ValueError:
+        return None
+
+
+def local_to_utc_text(local_text: str) -> str:
+    """A Startdate (this PC's local time) as the store's imported_at (UTC) text."""
+    local = dt.datetime.strptime(local_text, STARTDATE_FORMAT)
+    return local.astimezone(dt.timezone.utc).strftime(STARTDATE_FORMAT)
+
+
+def utc_to_local_text(utc_text: str) -> str:
+    utc = parse_store_time(utc_text)
+    if utc is None:
+        return ""
+    return utc.replace(tzinfo=dt.timezone.utc).astimezone().strftime(STARTDATE_FORMAT)
+
+
+# --- store -------------------------------------------------------------------
+
+SEV, EVENT, FORMAT, TIME, VALUE = "sev", "event", "format", "time", "value"
+
+
+@dataclasses.dataclass(frozen=True)
+class KindSpec:
+    """One log kind: where its rows come from and the keys of its records, in the guide's order."""
+    name: str
+    alias: str                # the alias of the table whose id orders the kind
+    source: str               # FROM clause, with the joins that bring endpoint fields
+    fields: tuple             # (key, role, SQL expression or '')
+    event_exprs: tuple        # what the event id is computed from
+    event_id: Callable
+    host_expr: str
+    time_expr: str
+    ip_expr: str
+
+    @property
+    def select_list(self) -> str:
+        data = [expr for _key, role, expr in self.fields if role in (VALUE, TIME)]
+        return ", ".join([f"{self.alias}.id", f"{self.alias}.imported_at", self.host_expr, self.time_expr,
+                          *self.event_exprs, *data])
+
+    @property
+    def table(self) -> str:
+        return self.source.split()[0]
+
+
+def as_int(value) -> Optional[int]:
+    """An INTEGER column's value, or None: SQLite lets any text into an INTEGER column."""
+    if isinstance(value, int):
+        return value
+    try:
+        return int(str(value).strip())
+    except (TypeError, ValueError):
+        return None
+
+
+def scan_event_id(status, infected, fixed) -> int:
+    if status == "Scan canceled":
+        return 1003
+    if status == "Scan suspended":
+        return 1004
+    infected, fixed = as_int(infected), as_int(fixed)
+    if infected == 0:
+        return 1000
+    if infected is not None and fixed is not None and fixed >= infected > 0:
+        return 1001
+    return 1002  # threats left, or counts we cannot read: the loud answer
+
+
+def detection_event_id(risk, result) -> int:
+    """2000 + 4*risk + result; an unknown risk or result is high risk, unable to fix (2009)."""
+    risk = as_int(risk)
+    if risk not in (0, 1, 2) or result not in DETECTION_RESULTS:
+        return 2009
+    return 2000 + 4 * risk + DETECTION_RESULTS.index(result)
+
+
+def fields_of(alias: str, spec: str) -> tuple:
+    """Parse 'key:column ...' lines into (key, role, expression) triples."""
+    out = []
+    for word in spec.split():
+        key, _, column = word.partition(":")
+        role = {"<sev>": SEV, "<event>": EVENT, "<format>": FORMAT}.get(column)
+        if role:
+            out.append((key, role, ""))
+        else:
+            expr = column if "." in column else f"{alias}.{column}"
+            out.append((key, TIME if key in ("devTime", "startTime", "endTime") else VALUE, expr))
+    return tuple(out)
+
+
+SCAN_ENDPOINT = """deviceID:s.device_id deviceName:s.device_name deviceVid:s.device_vid
+    devicePid:s.device_pid deviceSid:s.device_sid"""
+SCAN_HOST = """hostName:s.host_name hostDomain:s.host_domain userName:s.user_name hostIP:s.host_ip
+    hostMac:s.host_mac hostOS:s.host_os"""
+SCAN_HEAD = """devTime:s.start_time devTimeFormat:<format> sev:<sev> eventId:<event>"""
+
+KIND_SPECS = {spec.name: spec for spec in (
+    KindSpec("scannedlog", "s", "scan_log s", fields_of("s", f"""{SCAN_HEAD} logID:log_id
+        logVersion:log_version startTime:start_time endTime:end_time {SCAN_ENDPOINT}
+        scannerVersion:scanner_version scanEngineVersion:scan_engine_version patternVersion:pattern_version
+        {SCAN_HOST} scannedStatus:scanned_status scannedFiles:scanned_files infectedFiles:infected_files
+        fixedFiles:fixed_files scanTarget:scan_target exclusionPath:exclusion_path
+        exclusionFile:exclusion_file exclusionExtension:exclusion_extension comment:comment"""),
+        ("s.scanned_status", "s.infected_files", "s.fixed_files"), scan_event_id,
+        "s.host_name", "s.start_time", "s.host_ip"),
+    KindSpec("detectedlog", "d", "detection_log d LEFT JOIN scan_log s ON s.log_id = d.log_id",
+             fields_of("d", f"""{SCAN_HEAD} logID:d.log_id logVersion:s.log_version
+        startTime:s.start_time endTime:s.end_time {SCAN_ENDPOINT} {SCAN_HOST}
+        aggressiveLevel:aggressive_level threatName:threat_name threatType:threat_type
+        threatRisk:threat_risk takenAct:taken_act takenActResult:taken_act_result
+        threatHash:threat_hash threatPath:threat_path"""),
+        ("d.threat_risk", "d.taken_act_result"), detection_event_id,
+        "s.host_name", "s.start_time", "s.host_ip"),
+    KindSpec("assetinfo", "a", "asset_info a", fields_of("a", """sev:<sev> eventId:<event>
+        hostID:host_id hostName:host_name domain:domain Mac:mac IP:ip OS:os OSType:os_type
+        vendorName:vendor_name hwModel:hw_model hwSerialNum:hw_serial_num
+        biosVersionAndDate:bios_version_and_date biosType:bios_type secureBoot:secure_boot CPU:cpu
+        CPUArchitecture:cpu_architecture processorsAndCores:processors_and_cores
+        physicalMemory:physical_memory availableMemory:available_memory
+        OSVersionAndBuild:os_version_and_build OSServicePack:os_service_pack OSProductID:os_product_id
+        OSLanguage:os_language OSInstalledDateAndTime:os_installed_date_and_time
+        IEVersionAndBuild:ie_version_and_build IEServicePack:ie_service_pack
+        IEUpdateVersion:ie_update_version windowsDirectory:windows_directory
+        systemDirectory:system_directory systemDriveSize:system_drive_size
+        systemDriveAvailableSize:system_drive_available_size bootDrive:boot_drive timezone:timezone
+        systemDateAndTime:system_date_and_time loggedinAccount:loggedin_account
+        loggedinDomain:loggedin_domain"""), (), lambda: 3000, "a.host_name", "a.collected_at", "a.ip"),
+    KindSpec("applicationinfo", "p", "application_info p LEFT JOIN asset_info a ON a.id = p.asset_id",
+             fields_of("p", """sev:<sev> eventId:<event> hostID:host_id name:name publisher:publisher
+        installedDate:installed_date size:size version:version installPath:install_path"""),
+             (), lambda: 3000, "a.host_name", "a.collected_at", "a.ip"),
+    KindSpec("updateinfo", "u", "update_info u LEFT JOIN asset_info a ON a.id = u.asset_id",
+             fields_of("u", """sev:<sev> eventId:<event> hostID:host_id name:name program:program
+        version:version publisher:publisher installedDate:installed_date"""),
+             (), lambda: 3000, "a.host_name", "a.collected_at", "a.ip"),
+)}
+
+
+def required_columns(spec: KindSpec) -> dict:
+    """table -> columns that the kind's query reads, for a clear error on another schema."""
+    aliases = {"s": "scan_log", "d": "detection_log", "a": "asset_info", "p": "application_info",
+               "u": "update_info"}
+    sql = " ".join([spec.select_list, spec.source])
+    needed = {}
+    for alias, column in re.findall(r"\b([sdapu])\.(\w+)", sql):
+        needed.setdefault(aliases[alias], set()).add(column)
+    return needed
+
+
+@contextlib.contextmanager
+def store_errors(path: str, timeout: float):
+    """Turn SQLite's errors into one line that says what to do."""
+    try:
+        yield
+    except sqlite3.DatabaseError as e:
+        text = str(e)
+        if "locked" in text or "busy" in text:
+            why = f"locked by another program for more than {timeout:g} s; run again when the Management Program is idle"
+        elif "not a database" in text or "file is encrypted" in text:
+            why = "not an SQLite log store; check InstalledFolder in config.ini"
+        elif "malformed" in text or "corrupt" in text:
+            why = "damaged (SQLite: database disk image is malformed); let the Management Program repair it"
+        elif "unable to open" in text:
+            why = "cannot be opened; check that this account may read it"
+        else:
+            why = f"unreadable (SQLite: {text})"
+        raise StoreError(f"log store {path}: {why}") from None
+
+
+def tolerant_text(data: bytes) -> str:
+    """Text columns holding invalid UTF-8 (written by a buggy endpoint) still make a record."""
+    return data.decode("utf-8", "replace")
+
+
+class Store:
+    """The Management Program's SQLite log store, opened read-only and read in pages by id."""
+
+    def __init__(self, path: str, timeout: float = 30.0):
+        self.path, self.timeout = path, timeout
+        check_store_file(path)
+        uri = "file:" + urllib_quote_path(path) + "?mode=ro"
+        with store_errors(path, timeout):
+            self.db = sqlite3.connect(uri, uri=True, timeout=timeout, check_same_thread=False)
+            self.db.create_function("siem_fold", 1, fold_text, deterministic=True)
+            self.db.create_function("siem_ipv4", 1, ipv4_number, deterministic=True)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def check_schema(self, kinds: Iterable[str]) -> None:
+        with store_errors(self.path, self.timeout):
+            for kind in kinds:
+                for table, columns in required_columns(KIND_SPECS[kind]).items():
+                    present = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
+                    if not present:
+                        raise StoreError(f"log store {self.path}: no table {table} (needed for {kind}); "
+                                         f"is this a TMPS3 Management Program log store?")
+                    missing = sorted(columns - present)
+                    if missing:
+                        raise StoreError(f"log store {self.path}: table {table} has no column {missing[0]} "
+                                         f"(needed for {kind}); is this a TMPS3 Management Program log store?")
+
+    def query(self, sql: str, params: Sequence) -> list:
+        with store_errors(self.path, self.timeout):
+            try:
+                return self.db.execute(sql, params).fetchall()
+            except sqlite3.OperationalError as e:
+                if "decode" not in str(e) or self.db.text_factory is tolerant_text:
+                    raise
+                log.debug("invalid UTF-8 in the store; reading text with replacement characters")
+                self.db.text_factory = tolerant_text
+                return self.db.execute(sql, params).fetchall()
+
+    def pages(self, spec: KindSpec, where: str = "", params: Sequence = (), after_id: int = 0,
+              page: int = STORE_PAGE) -> Iterator[list]:
+        """Rows of one kind with id > after_id, in id order, a page per query (never OFFSET)."""
+        sql = (f"SELECT {spec.select_list} FROM {spec.source} WHERE {spec.alias}.id > ?"
+               f"{' AND ' + where if where else ''} ORDER BY {spec.alias}.id LIMIT ?")
+        log.debug("SQL %s: %s %s", spec.name, sql, list(params))
+        while True:
+            rows = self.query(sql, [after_id, *params, page])
+            if rows:
+                yield rows
+            if len(rows) < page:
+                return
+            after_id = rows[-1][0]
+
+    def first_id_since(self, spec: KindSpec, imported_utc: str) -> Optional[int]:
+        """The id from which rows imported at or after that UTC time start (None: there are none)."""
+        rows = self.query(f"SELECT min(id) FROM {spec.table} WHERE imported_at >= ?", [imported_utc])
+        return rows[0][0]
+
+    def max_id(self, spec: KindSpec) -> int:
+        return self.query(f"SELECT coalesce(max(id), 0) FROM {spec.table}", [])[0][0]
+
+
+def urllib_quote_path(path: str) -> str:
+    return urllib.request.pathname2url(os.path.abspath(path))
+
+
+def check_store_file(path: str) -> None:
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(16)
+    except FileNotFoundError:
+        raise StoreError(f"log store {path}: not found; set InstalledFolder in config.ini to the "
+                         f"Management Program's folder (the one holding Data\\tmps3log.db)") from None
+    except OSError as e:
+        raise StoreError(f"log store {path}: cannot be read ({e.strerror}); check that this account may read it") from None
+    if magic != b"SQLite format 3\x00":
+        raise StoreError(f"log store {path}: not an SQLite log store; check InstalledFolder in config.ini")
+
+
+def fold_text(value) -> Optional[str]:
+    return value.casefold() if isinstance(value, str) else None
+
+
+def ipv4_number(value) -> Optional[int]:
+    try:
+        return int(ipaddress.IPv4Address(str(value).strip()))
+    except ValueError:
+        return None
+
+
+def export_filter(spec: KindSpec, options: Options) -> tuple:
+    """SQL condition and parameters for --date, --ip, --netmask and --hostname on any kind."""
+    clauses, params = [], []
+    if options.date_range:
+        clauses.append(f"{spec.time_expr} >= ? AND {spec.time_expr} < ?")
+        params += list(options.date_range)
+    if options.ip:
+        clauses.append(f"siem_ipv4({spec.ip_expr}) = ?")
+        params.append(int(ipaddress.IPv4Address(options.ip)))
+    if options.network:
+        clauses.append(f"siem_ipv4({spec.ip_expr}) BETWEEN ? AND ?")
+        params += [int(options.network.network_address), int(options.network.broadcast_address)]
+    if options.hostname:
+        clauses.append(f"siem_fold({spec.host_expr}) = ?")
+        params.append(options.hostname.casefold())
+    return " AND ".join(clauses), params
+
+
+# --- records -----------------------------------------------------------------
+
+class Record(NamedTuple):
+    """One log record: its place in the store, what HEC needs, and values aligned with its KindSpec."""
+    kind: str
+    id: int
+    imported_at: str
+    host: Optional[str]
+    time: Optional[str]
+    event_id: int
+    sev: int
+    values: tuple
+
+
+def build_record(spec: KindSpec, severity: dict, row: Sequence) -> Record:
+    record_id, imported_at, host, when = row[:4]
+    n_event = len(spec.event_exprs)
+    event_id = spec.event_id(*row[4:4 + n_event])
+    sev = severity[event_id]
+    data = iter(row[4 + n_event:])
+    values = tuple(sev if role == SEV else event_id if role == EVENT else None if role == FORMAT else next(data)
+                   for _key, role, _expr in spec.fields)
+    return Record(spec.name, record_id, imported_at, as_text(host) or None, as_text(when) or None,
+                  event_id, sev, values)
+
+
+def as_text(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+# C0 controls become Unicode control pictures (TAB -> U+2409), DEL -> U+2421, and the C1
+# controls, U+2028 and U+2029 -> U+FFFD: no value can end a line, split a LEEF attribute or
+# forge a record, whatever an endpoint wrote into its host, user or file names.
+CONTROL_TABLE = {c: 0x2400 + c for c in range(0x20)}
+CONTROL_TABLE.update({0x7F: 0x2421, 0x2028: 0xFFFD, 0x2029: 0xFFFD})
+CONTROL_TABLE.update({c: 0xFFFD for c in range(0x80, 0xA0)})
+
+
+def make_cleaner(delimiter: str = "\t") -> Callable[[str], str]:
+    """A value cleaner; a printable LEEF delimiter inside a value becomes its full-width twin (^ -> ＾)."""
+    table = dict(CONTROL_TABLE)
+    unsafe = "\x00-\x1f\x7f-\x9f\u2028\u2029"
+    if delimiter != "\t":
+        table[ord(delimiter)] = ord(delimiter) + 0xFEE0
+        unsafe += re.escape(delimiter)
+    needs_cleaning = re.compile(f"[{unsafe}]").search
+
+    def clean(text: str) -> str:
+        return text.translate(table) if needs_cleaning(text) else text
+    return clean
+
+
+clean_value = make_cleaner()
+
+
+@dataclasses.dataclass(frozen=True)
+class LeefStyle:
+    delimiter: str
+    time_format: str
+    write_time: Callable[[dt.datetime], str]
+    clean: Callable[[str], str]
+
+    @classmethod
+    def from_config(cls, config: Config) -> "LeefStyle":
+        return cls(config.leef_delimiter, config.leef_time_format,
+                   compile_java_time_pattern(config.leef_time_format), make_cleaner(config.leef_delimiter))
+
+    @property
+    def header_delimiter(self) -> str:
+        return f"x{ord(self.delimiter):02X}"
+
+
+def render_leef(spec: KindSpec, record: Record, style: LeefStyle) -> str:
+    """The record as one LEEF 2.0 line (without line end)."""
+    attributes = []
+    for (key, role, _expr), value in zip(spec.fields, record.values):
+        if role == TIME:
+            moment = parse_store_time(value)
+            text = style.write_time(moment) if moment else as_text(value)
+        elif role == FORMAT:
+            text = style.time_format
+        else:
+            text = as_text(value)
+        attributes.append(f"{key}={style.clean(text)}")
+    header = LEEF_HEADER.format(event=record.event_id, delim=style.header_delimiter)
+    return header + style.delimiter.join(attributes)
+
+
+def csv_header(spec: KindSpec) -> list:
+    return [key for key, role, _expr in spec.fields if role != FORMAT]
+
+
+# A cell that starts like a formula is prefixed with ' (OWASP, CSV injection): application
+# names and paths come from scanned endpoints, possibly hostile ones.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def render_csv_cells(spec: KindSpec, record: Record) -> list:
+    cells = []
+    for (_key, role, _expr), value in zip(spec.fields, record.values):
+        if role == FORMAT:
+            continue
+        if role == TIME:
+            moment = parse_store_time(value)
+            text = moment.strftime(STARTDATE_FORMAT) if moment else as_text(value)
+        else:
+            text = as_text(value)
+        text = clean_value(text)
+        if isinstance(value, (str, bytes)) and text.startswith(FORMULA_START):
+            text = "'" + text
+        cells.append(text)
+    return cells
+
+
+def read_records(store: Store, spec: KindSpec, severity: dict, where: str = "", params: Sequence = (),
+                 after_id: int = 0) -> Iterator[Record]:
+    for rows in store.pages(spec, where, params, after_id):
+        for row in rows:
+            yield build_record(spec, severity, row)
+
+
+# --- export ------------------------------------------------------------------
+
+def output_folder(options: Options, config: Config, default: str) -> str:
+    """--output, else <default>/ beside config.ini; relative paths count from config.ini's folder."""
+    folder = os.path.join(config.folder, options.output or default)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"output folder {folder}: cannot be created ({e.strerror}); choose another with --output") from None
+    return os.path.normpath(folder)
+
+
+def new_file_name(folder: str, kind: str, stamp: str, extension: str) -> str:
+    """<kind>_<yyyyMMdd_HHmmss>.<ext>, with _2, _3... when a run in the same second made one."""
+    path = os.path.join(folder, f"{kind}_{stamp}.{extension}")
+    n = 1
+    while os.path.exists(path) or os.path.exists(path + ".part"):
+        n += 1
+        path = os.path.join(folder, f"{kind}_{stamp}_{n}.{extension}")
+    return path
+
+
+def file_stamp() -> str:
+    return dt.datetime.now().strftime("%Y%m%d_%H%M%S")
+
+
+@contextlib.contextmanager
+def output_file(path: str, encoding: str):
+    """Written as <path>.part and renamed when complete: a half-written export never looks whole."""
+    partial = path + ".part"
+    try:
+        with open(partial, "w", encoding=encoding, newline="") as f:
+            yield f
+        os.replace(partial, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.remove(partial)
+        raise ConfigError(f"{path}: cannot be written ({e.strerror}); check the disk and the folder's permissions") from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(partial)
+        raise
+
+
+def write_leef(f, spec: KindSpec, records: Iterable[Record], style: LeefStyle) -> int:
+    count = 0
+    for record in records:
+        f.write(render_leef(spec, record, style) + "\n")
+        count += 1
+    return count
+
+
+def write_csv(f, spec: KindSpec, records: Iterable[Record]) -> int:
+    writer = csv.writer(f, lineterminator="\r\n")
+    writer.writerow(csv_header(spec))
+    count = 0
+    for record in records:
+        writer.writerow(render_csv_cells(spec, record))
+        count += 1
+    return count
+
+
+def run_export(options: Options, config: Config) -> int:
+    folder = output_folder(options, config, "export")
+    style = LeefStyle.from_config(config)
+    stamp = file_stamp()
+    with Store(config.store_path) as store:
+        store.check_schema(options.kinds)
+        for kind in options.kinds:
+            spec = KIND_SPECS[kind]
+            started = time.monotonic()
+            where, params = export_filter(spec, options)
+            records = read_records(store, spec, config.severity, where, params)
+            path = new_file_name(folder, kind, stamp, options.format)
+            if options.format == "csv":
+                with output_file(path, "utf-8-sig") as f:
+                    count = write_csv(f, spec, records)
+            else:
+                with output_file(path, "utf-8") as f:
+                    count = write_leef(f, spec, records, style)
+            log.debug("%s: %d records in %.2f s -> %s", kind, count, time.monotonic() - started, path)
+            say(f"{kind}: {count} records -> {path}")
+    return EXIT_OK
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+# --- senders -----------------------------------------------------------------
+
+# LEEF sev (1-10) -> syslog severity (RFC 5424 table 2).
+SYSLOG_SEVERITY = {1: 6, 2: 6, 3: 5, 4: 5, 5: 4, 6: 4, 7: 3, 8: 3, 9: 2, 10: 1}
+
+
+class Outgoing(NamedTuple):
+    record: Record
+    leef: str
+
+
+@dataclasses.dataclass
+class Delivery:
+    """What one send() achieved; the run adds them up per kind."""
+    delivered: int = 0
+    quarantined: int = 0
+    truncated: int = 0
+    bytes: int = 0
+
+    def add(self, other: "Delivery") -> None:
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
+
+
+class Sender:
+    """One shape for the three SIEMs: open, send batches of rendered records, close."""
+
+    def __enter__(self) -> "Sender":
+        self.open()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def open(self) -> None:
+        """Check what can be checked before reading the store; connections are made lazily."""
+
+    def send(self, kind: str, batch: Sequence[Outgoing]) -> Delivery:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Safe to call twice."""
+
+
+def syslog_priority(facility: int, sev: int) -> int:
+    """PRI = facility * 8 + severity (RFC 5424 6.2.1)."""
+    return facility * 8 + SYSLOG_SEVERITY.get(sev, 3)
+
+
+def rfc3164_header(priority: int, now: dt.datetime, host: str) -> str:
+    """QRadar's header: <PRI>Mmm dd HH:mm:ss HOST, the day padded with a space."""
+    return f"<{priority}>{MONTH_NAMES[now.month - 1][:3]} {now.day:2d} {now:%H:%M:%S} {host} "
+
+
+def rfc5424_header(priority: int, now: dt.datetime, host: str, msgid: str) -> str:
+    """rsyslog's header: APP-NAME TMPS3 keeps rsyslog from taking 'LEEF:' as a tag."""
+    return f"<{priority}>1 {now.isoformat(timespec='milliseconds')} {host} TMPS3 - {msgid} - "
+
+
+def fit_message(message: bytes, limit: int) -> tuple:
+    """The message, or its head cut on a character boundary with a marker; (bytes, was_cut)."""
+    if len(message) <= limit:
+        return message, False
+    marker = f" [cut by siem_tool: {len(message)} bytes]".encode()
+    head = message[:max(0, limit - len(marker))].decode("utf-8", "ignore").encode()
+    return head + marker, True
+
+
+def frame(message: bytes, framing: str) -> bytes:
+    """LF-terminated (what QRadar reads) or RFC 6587 octet counting."""
+    if framing == "octet-counting":
+        return b"%d %s" % (len(message), message)
+    return message + b"\n"
+
+
+def syslog_host_name() -> str:
+    """This PC's name for an RFC 5424 HOSTNAME: printable ASCII without spaces, else '-'."""
+    name = socket.gethostname()
+    return name if name and name.isascii() and name.isprintable() and " " not in name else "-"
+
+
+def describe_os_error(e: OSError) -> str:
+    if isinstance(e, socket.gaierror):
+        return "the name cannot be resolved; check ServerAddress"
+    if isinstance(e, ConnectionRefusedError):
+        return "connection refused; check ServerAddress/ServerPort and that the server listens"
+    if isinstance(e, (socket.timeout, TimeoutError)):
+        return "no answer in time; check the address, the port and the firewall"
+    if isinstance(e, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)):
+        return "the server closed the connection; check the server's log"
+    return f"{e.strerror or e}; check the network and the server"
+
+
+class SyslogSender(Sender):
+    """Common to UDP, TCP and TLS: PRI, the header of this SIEM, the size limit."""
+
+    def __init__(self, settings: SyslogSettings, facility: int):
+        self.settings, self.facility = settings, facility
+        self.host_name = syslog_host_name()
+
+    def messages(self, kind: str, batch: Sequence[Outgoing], local_ip: str) -> tuple:
+        """The framed bytes of a batch and how many were cut."""
+        now = dt.datetime.now().astimezone()
+        out, cut = [], 0
+        for item in batch:
+            priority = syslog_priority(self.facility, item.record.sev)
+            if self.settings.header == "rfc3164":
+                header = rfc3164_header(priority, now, local_ip)
+            else:
+                header = rfc5424_header(priority, now, self.host_name if self.host_name != "-" else local_ip, kind)
+            message, was_cut = fit_message((header + item.leef).encode("utf-8"), self.settings.max_message)
+            cut += was_cut
+            out.append(message)
+        return out, cut
+
+    def fail(self, why: str, delivered: int = 0) -> SiemError:
+        return SiemError(f"{self.settings.label}: {why}", delivered)
+
+
+class UdpSender(SyslogSender):
+    """One record per datagram, paced: UDP cannot tell whether the server kept up."""
+
+    sock = None
+
+    def connect(self) -> socket.socket:
+        if self.sock is None:
+            s = self.settings
+            try:
+                family, kind, proto, _name, address = socket.getaddrinfo(s.address, s.port, type=socket.SOCK_DGRAM)[0]
+                self.sock = socket.socket(family, kind, proto)
+                self.sock.connect(address)
+            except OSError as e:
+                self.close()
+                raise self.fail(describe_os_error(e)) from None
+            self.started, self.sent = time.monotonic(), 0
+        return self.sock
+
+    def send(self, kind: str, batch: Sequence[Outgoing]) -> Delivery:
+        sock = self.connect()
+        messages, cut = self.messages(kind, batch, sock.getsockname()[0])
+        size = 0
+        for i, message in enumerate(messages):
+            try:
+                sock.send(message)
+            except OSError as e:
+                raise self.fail(describe_os_error(e), delivered=0) from None
+            size += len(message)
+            self.sent += 1
+            if self.sent % 50 == 0:
+                self.pace()
+        return Delivery(len(batch), 0, cut, size)
+
+    def pace(self) -> None:
+        ahead = self.started + self.sent / self.settings.udp_rate - time.monotonic()
+        if ahead > 0:
+            time.sleep(ahead)
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+class StreamSender(SyslogSender):
+    """TCP or TLS. Each batch goes over its own connection, closed cleanly: the server closing
+    its side after reading ours is the only proof plain syslog gives that it read every byte,
+    so a batch counts as delivered only then."""
+
+    def __init__(self, settings: SyslogSettings, facility: int):
+        super().__init__(settings, facility)
+        self.tls = TlsClient(settings.cert_file, settings.server_name, settings.address,
+                             settings.label) if settings.protocol == "TLS" else None
+
+    def dial(self) -> socket.socket:
+        s = self.settings
+        try:
+            return socket.create_connection((s.address, s.port), timeout=s.timeout)
+        except OSError as e:
+            raise self.fail(describe_os_error(e)) from None
+
+    def connect(self) -> socket.socket:
+        return self.tls.connect(self.dial, self.settings.timeout) if self.tls else self.dial()
+
+    def send(self, kind: str, batch: Sequence[Outgoing]) -> Delivery:
+        sock = self.connect()
+        try:
+            messages, cut = self.messages(kind, batch, sock.getsockname()[0])
+            payload = b"".join(frame(m, self.settings.framing) for m in messages)
+            sock.sendall(payload)
+            self.close_and_confirm(sock)
+        except ssl.SSLError as e:
+            raise self.fail(f"TLS failed while sending ({e.reason or e}); check the server's log") from None
+        except OSError as e:
+            raise self.fail(describe_os_error(e)) from None
+        finally:
+            sock.close()
+        return Delivery(len(batch), 0, cut, len(payload))
+
+    def close_and_confirm(self, sock: socket.socket) -> None:
+        """Half-close and wait until the server closes too, i.e. has read everything."""
+        if isinstance(sock, ssl.SSLSocket):
+            with contextlib.suppress(ssl.SSLError, OSError):
+                sock = sock.unwrap()  # close_notify first, or rsyslog calls the close improper
+        sock.shutdown(socket.SHUT_WR)
+        while sock.recv(4096):
+            pass
+
+
+class TlsClient:
+    """TLS 1.2+ with verification always on; trust comes from CertFile alone.
+
+    With TLSServerName, the certificate must chain to CertFile and carry that name. Without it,
+    it must carry ServerAddress, or be exactly a certificate in CertFile: QRadar presents a
+    self-signed certificate issued for its host name while admins type its IP address.
+    """
+
+    def __init__(self, cert_file: str, server_name: str, address: str, label: str):
+        self.cert_file, self.server_name, self.address, self.label = cert_file, server_name, address, label
+        self.pins = certificate_fingerprints(cert_file) if cert_file else set()
+        self.pinned = False   # learnt on the first connection, kept for the run
+
+    def context(self, check_hostname: bool) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.check_hostname = check_hostname
+        context.verify_mode = ssl.CERT_REQUIRED
+        if self.cert_file:
+            context.load_verify_locations(cafile=self.cert_file)
+        else:
+            context.load_default_certs()
+        return context
+
+    def connect(self, dial: Callable[[], socket.socket], timeout: float) -> ssl.SSLSocket:
+        name = self.server_name or self.address
+        if not self.pinned:
+            try:
+                return self.handshake(dial(), self.context(True), name)
+            except ssl.SSLCertVerificationError as e:
+                if e.verify_code not in (62, 64) or self.server_name or not self.pins:
+                    raise SiemError(f"{self.label}: {explain_certificate_error(e, self)}") from None
+                self.pinned = True
+        tls = self.handshake(dial(), self.context(False), name)
+        fingerprint = hashlib.sha256(tls.getpeercert(binary_form=True)).hexdigest()
+        if fingerprint not in self.pins:
+            tls.close()
+            raise SiemError(f"{self.label}: the server's certificate (SHA-256 {fingerprint[:16]}...) is not the one "
+                            f"in CertFile {self.cert_file} and is not issued for {self.address}; copy the "
+                            f"server's own certificate to CertFile, or set TLSServerName to the name it carries")
+        return tls
+
+    def handshake(self, sock: socket.socket, context: ssl.SSLContext, name: str) -> ssl.SSLSocket:
+        try:
+            tls = context.wrap_socket(sock, server_hostname=name)
+        except ssl.SSLCertVerificationError:
+            sock.close()
+            raise
+        except ssl.SSLError as e:
+            sock.close()
+            raise SiemError(f"{self.label}: {explain_tls_error(e)}") from None
+        except (socket.timeout, TimeoutError):
+            sock.close()
+            raise SiemError(f"{self.label}: no TLS answer in time; is this a plain (non-TLS) syslog port?") from None
+        except OSError as e:
+            sock.close()
+            raise SiemError(f"{self.label}: TLS handshake failed: {describe_os_error(e)}") from None
+        log.debug("%s: %s %s, certificate %s", self.label, tls.version(), tls.cipher()[0],
+                  hashlib.sha256(tls.getpeercert(binary_form=True)).hexdigest())
+        return tls
+
+
+def certificate_fingerprints(path: str) -> set:
+    """SHA-256 of each certificate in a PEM file."""
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            pem = f.read()
+    except OSError as e:
+        raise ConfigError(f"CertFile {path}: cannot be read ({e.strerror})") from None
+    blocks = re.findall(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", pem, re.DOTALL)
+    if not blocks:
+        raise ConfigError(f"CertFile {path}: no PEM certificate in it; copy the server's certificate "
+                          f"(-----BEGIN CERTIFICATE-----) there")
+    return {hashlib.sha256(ssl.PEM_cert_to_DER_cert(block)).hexdigest() for block in blocks}
+
+
+def explain_certificate_error(e: ssl.SSLCertVerificationError, tls: TlsClient) -> str:
+    code = e.verify_code
+    where = f"CertFile {tls.cert_file}" if tls.cert_file else "this PC's trusted CAs"
+    if code == 10:
+        return "the server's certificate has expired; renew it on the server and copy the new one to CertFile"
+    if code == 9:
+        return "the server's certificate is not valid yet; check the clocks of this PC and of the server"
+    if code in (62, 64):
+        return (f"the server's certificate is not issued for {tls.server_name or tls.address}; set TLSServerName "
+                f"to the name it carries, or put exactly that certificate in CertFile")
+    if code in (18, 19, 20, 21):
+        return (f"the server's certificate is neither in nor signed by {where}; copy the server's certificate "
+                f"(QRadar: syslog-tls.cert) to CertFile")
+    return f"the server's certificate was refused ({e.verify_message}); check CertFile"
+
+
+def explain_tls_error(e: ssl.SSLError) -> str:
+    reason = (e.reason or str(e)).upper()
+    if "VERSION" in reason and "WRONG" in reason or "RECORD" in reason or "PACKET_LENGTH" in reason \
+            or "HTTP_REQUEST" in reason:
+        return "the server did not answer with TLS; is this a plain (non-TLS) syslog port?"
+    if "PROTOCOL" in reason or "NO_PROTOCOLS" in reason:
+        return "the server offers only TLS older than 1.2, which siem_tool refuses; enable TLS 1.2 or newer on it"
+    return f"TLS handshake failed ({e.reason or e}); check the server's TLS settings"
+
+
+class HecSender(Sender):
+    """Splunk HTTP Event Collector: batches of concatenated envelopes, gzip, one keep-alive session."""
+
+    TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
+    EVENT_CODES = {6, 12, 13, 15}       # the bad event is named; its neighbours are fine
+
+    def __init__(self, settings: SplunkSettings, facility: int, quarantine_folder: str):
+        self.settings, self.facility = settings, facility
+        self.quarantine_folder = quarantine_folder
+        self.channel = str(uuid.uuid4())
+        self.session = None
+        self.deadline = time.monotonic() + settings.retry_seconds
+        self.tls = TlsClient(settings.cert_file, settings.server_name, settings.address, settings.label)
+        host = f"[{settings.address}]" if ":" in settings.address else settings.address
+        self.base_url = f"https://{host}:{settings.port}/services/collector"
+        self.quarantine_path = None
+
+    def open(self) -> None:
+        self.session = requests.Session()
+        self.session.trust_env = False  # proxies and CA bundles from the environment never apply
+        self.session.mount("https://", HecAdapter(self.tls))
+        self.session.headers.update({"Authorization": f"Splunk {self.settings.token}",
+                                     "X-Splunk-Request-Channel": self.channel,
+                                     "User-Agent": f"siem_tool/{__version__}"})
+
+    def close(self) -> None:
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+
+    def envelope(self, kind: str, item: Outgoing) -> bytes:
+        record = item.record
+        priority = syslog_priority(self.facility, record.sev)
+        fields = {}
+        epoch = hec_time(record.time, self.settings.time_zone)
+        if epoch is not None:
+            fields["time"] = epoch
+        if record.host:
+            fields["host"] = clean_value(record.host)
+        fields.update(source="TMPS3", sourcetype=self.settings.source_type, index=kind,
+                      event=f"<{priority}>{item.leef}")
+        return json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+    def send(self, kind: str, batch: Sequence[Outgoing]) -> Delivery:
+        envelopes = [self.envelope(kind, item) for item in batch]
+        total = Delivery()
+        for chunk in chunks_by_size(envelopes, self.settings.batch_bytes):
+            try:
+                total.add(self.send_chunk(kind, chunk))
+            except SiemError as e:
+                e.delivered += total.delivered
+                raise
+        return total
+
+    def send_chunk(self, kind: str, envelopes: Sequence[bytes]) -> Delivery:
+        """One POST; an event HEC names as bad goes to quarantine and the rest are sent again.
+
+        HEC has indexed the events before the one it names, so those are not sent twice."""
+        total = Delivery()
+        start = 0
+        while start < len(envelopes):
+            try:
+                bad = self.post_events(envelopes[start:])
+            except SiemError as e:
+                e.delivered = start
+                raise
+            if bad is None:
+                total.add(Delivery(len(envelopes) - start, 0, 0, sum(map(len, envelopes[start:]))))
+                break
+            number, answer = bad
+            self.quarantine(kind, envelopes[start + number], answer)
+            total.add(Delivery(number + 1, 1, 0, sum(map(len, envelopes[start:start + number]))))
+            start += number + 1
+        return total
+
+    def post_events(self, envelopes: Sequence[bytes]) -> Optional[tuple]:
+        """POST envelopes until accepted; (index, HEC answer) of an event HEC refused, or None."""
+        body = b"\n".join(envelopes)
+        answer = self.post_with_retries("/event", gzip.compress(body, self.settings.gzip_level))
+        if answer.get("code") in self.EVENT_CODES and "invalid-event-number" in answer:
+            number = int(answer["invalid-event-number"])
+            if 0 <= number < len(envelopes):
+                return number, answer
+        if answer.get("code", 0) != 0:
+            raise SiemError(f"{self.settings.label}: {explain_hec_code(answer)}", kind_only=answer.get("code") == 7)
+        if self.settings.use_ack:
+            self.wait_for_ack(answer.get("ackId"))
+        return None
+
+    def post_with_retries(self, path: str, body: bytes, content_encoding: str = "gzip") -> dict:
+        attempt = 0
+        while True:
+            why, retry_after = self.try_post(path, body, content_encoding)
+            if isinstance(why, dict):
+                return why
+            delay = backoff_delay(attempt, retry_after)
+            if time.monotonic() + delay > self.deadline:
+                raise SiemError(f"{self.settings.label}: {why}; gave up after {attempt + 1} attempts "
+                                f"(RetrySeconds={self.settings.retry_seconds:g})")
+            log.debug("HEC: %s; retrying in %.1f s", why, delay)
+            time.sleep(delay)
+            attempt += 1
+
+    def try_post(self, path: str, body: bytes, content_encoding: str) -> tuple:
+        """(HEC's answer, None) when final, or (why, Retry-After) when worth retrying."""
+        headers = {"Content-Encoding": content_encoding} if content_encoding else {}
+        s = self.settings
+        try:
+            response = self.session.post(self.base_url + path, data=body, headers=headers,
+                                         timeout=(s.timeout, s.timeout), verify=self.tls.cert_file or True)
+        except requests.exceptions.SSLError as e:
+            if self.learn_pinning(e):
+                return self.try_post(path, body, content_encoding)
+            raise SiemError(f"{s.label}: {explain_requests_tls_error(e, self.tls)}") from None
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
+            return f"cannot reach HEC ({describe_requests_error(e)})", None
+        answer = hec_answer(response)
+        log.debug("HEC %s: HTTP %d %s", path, response.status_code, answer)
+        code = answer.get("code")
+        if response.status_code in self.TRANSIENT_STATUS or code in (8, 9, 18, 19, 20):
+            return f"HEC answered HTTP {response.status_code} ({answer.get('text', '')})", \
+                retry_after_seconds(response.headers.get("Retry-After"))
+        if response.status_code == 413:
+            raise SiemError(f"{s.label}: HEC refused a {len(body)}-byte request as too large (HTTP 413); "
+                            f"lower BatchBytes in [Splunk]")
+        if response.status_code != 200 and code is None:
+            raise SiemError(f"{s.label}: HTTP {response.status_code} from a server that is not an HEC endpoint; "
+                            f"check ServerAddress and ServerPort")
+        return answer, None
+
+    def learn_pinning(self, e: Exception) -> bool:
+        """A name mismatch with a one-certificate CertFile: trust exactly that certificate instead."""
+        verify = find_cause(e, ssl.SSLCertVerificationError)
+        if (verify is None or verify.verify_code not in (62, 64) or self.tls.pinned or self.tls.server_name
+                or len(self.tls.pins) != 1):
+            return False
+        self.tls.pinned = True
+        self.session.mount("https://", HecAdapter(self.tls))
+        return True
+
+    def wait_for_ack(self, ack_id) -> None:
+        """With indexer acknowledgement, a batch counts only once Splunk says it is indexed."""
+        if ack_id is None:
+            raise SiemError(f"{self.settings.label}: UseAck is on but HEC gave no ackId; turn on indexer "
+                            f"acknowledgement for the token, or set UseAck = no")
+        delay = 0.05
+        while True:
+            answer = self.post_with_retries("/ack", json.dumps({"acks": [ack_id]}).encode(), content_encoding="")
+            if answer.get("code", 0) != 0:
+                raise SiemError(f"{self.settings.label}: {explain_hec_code(answer)}")
+            if answer.get("acks", {}).get(str(ack_id)):
+                return
+            if time.monotonic() + delay > self.deadline:
+                raise SiemError(f"{self.settings.label}: HEC did not acknowledge batch {ack_id} in time; "
+                                f"it is sent again next run")
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    def quarantine(self, kind: str, envelope: bytes, answer: dict) -> None:
+        """The refused event and HEC's answer, one JSON line each, for the admin to look at."""
+        if self.quarantine_path is None:
+            os.makedirs(self.quarantine_folder, exist_ok=True)
+            self.quarantine_path = new_file_name(self.quarantine_folder, kind, file_stamp(), "jsonl")
+        with open(self.quarantine_path, "ab") as f:
+            f.write(envelope + b"\n" + json.dumps({"hec_answer": answer}).encode() + b"\n")
+        log.debug("HEC refused one %s event (%s); quarantined in %s", kind, answer, self.quarantine_path)
+
+
+class HecAdapter(requests.adapters.HTTPAdapter):
+    """Verification as TlsClient decides: a name to check, or exactly the pinned certificate."""
+
+    def __init__(self, tls: TlsClient):
+        self.tls = tls
+        super().__init__()
+
+    def init_poolmanager(self, *args, **kwargs):
+        kwargs["ssl_minimum_version"] = ssl.TLSVersion.TLSv1_2
+        if self.tls.server_name:
+            kwargs["assert_hostname"] = self.tls.server_name
+            kwargs["server_hostname"] = self.tls.server_name
+        elif self.tls.pinned:
+            kwargs["assert_fingerprint"] = next(iter(self.tls.pins))
+        super().init_poolmanager(*args, **kwargs)
+
+
+def chunks_by_size(items: Sequence[bytes], limit: int) -> Iterator[list]:
+    """Consecutive runs of items whose joined size stays within limit (an oversized item goes alone)."""
+    chunk, size = [], 0
+    for item in items:
+        if chunk and size + len(item) + 1 > limit:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(item)
+        size += len(item) + 1
+    if chunk:
+        yield chunk
+
+
+def hec_time(text: Optional[str], zone: Optional[dt.tzinfo]) -> Optional[float]:
+    """Epoch seconds of an endpoint time, read in config's zone or this PC's (never milliseconds)."""
+    moment = parse_store_time(text)
+    if moment is None:
+        return None
+    moment = moment.replace(tzinfo=zone) if zone else moment.astimezone()
+    epoch = moment.timestamp()
+    return int(epoch) if epoch == int(epoch) else round(epoch, 3)
+
+
+def hec_answer(response: requests.Response) -> dict:
+    try:
+        answer = response.json()
+    except ValueError:
+        return {}
+    return answer if isinstance(answer, dict) else {}
+
+
+def retry_after_seconds(value: Optional[str]) -> Optional[float]:
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
+
+
+def backoff_delay(attempt: int, retry_after: Optional[float]) -> float:
+    """Capped exponential backoff with jitter, never shorter than the server's Retry-After."""
+    delay = min(30.0, 0.5 * 2 ** attempt) * random.uniform(0.5, 1.0)
+    return max(delay, retry_after or 0.0)
+
+
+HEC_ADVICE = {
+    1: "the token is disabled; enable it in Splunk (Settings > Data inputs > HTTP Event Collector)",
+    2: "no token was sent; set Token in [Splunk]",
+    3: "the Authorization header was refused; set Token in [Splunk] to the token alone",
+    4: "the token is not known to Splunk; copy the right Token into [Splunk]",
+    5: "an empty request; this is a bug in siem_tool, please report it",
+    6: "HEC could not read the data; please report it with the debug log",
+    7: "the index does not exist or the token may not write it; create the indexes scannedlog, "
+       "detectedlog, assetinfo, applicationinfo, updateinfo and allow them for the token",
+    10: "the token wants indexer acknowledgement; set UseAck = yes in [Splunk]",
+    11: "the data channel was refused; please report it",
+    14: "indexer acknowledgement is off for this token; set UseAck = no in [Splunk]",
+    21: "the token is not known to Splunk; copy the right Token into [Splunk]",
+    22: "the token is disabled; enable it in Splunk",
+}
+
+
+def explain_hec_code(answer: dict) -> str:
+    code = answer.get("code")
+    text = answer.get("text", "")
+    advice = HEC_ADVICE.get(code, "see Splunk's HEC documentation for this code")
+    return f"HEC refused the data with code {code} \"{text}\"; {advice}"
+
+
+def find_cause(e: BaseException, kind: type) -> Optional[BaseException]:
+    """Dig the first exception of a kind out of requests' and urllib3's wrappers."""
+    seen, todo = set(), [e]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, kind):
+            return current
+        todo += [getattr(current, "reason", None), current.__cause__, current.__context__]
+        todo += [a for a in getattr(current, "args", ()) if isinstance(a, BaseException)]
+    return None
+
+
+def explain_requests_tls_error(e: requests.exceptions.SSLError, tls: TlsClient) -> str:
+    verify = find_cause(e, ssl.SSLCertVerificationError)
+    if verify is not None:
+        return explain_certificate_error(verify, tls)
+    ssl_error = find_cause(e, ssl.SSLError)
+    if ssl_error is not None:
+        return explain_tls_error(ssl_error)
+    if "fingerprint" in str(e).lower():
+        return (f"the server's certificate is not the one in CertFile {tls.cert_file}; copy the server's own "
+                f"certificate to CertFile, or set TLSServerName to the name it carries")
+    return f"TLS failed ({e}); check CertFile and TLSServerName"
+
+
+def describe_requests_error(e: Exception) -> str:
+    os_error = find_cause(e, OSError)
+    if isinstance(e, requests.exceptions.Timeout):
+        return "no answer in time"
+    return describe_os_error(os_error) if os_error else "connection failed"
+
+
+SENDERS = {
+    "qradar": lambda settings, config: StreamSender(settings, config.facility),
+    "rsyslog": lambda settings, config: (UdpSender if settings.protocol == "UDP" else StreamSender)(
+        settings, config.facility),
+    "splunk": lambda settings, config: HecSender(settings, config.facility,
+                                                 os.path.join(config.folder, "quarantine")),
+}
+
+
+# --- checkpoint --------------------------------------------------------------
+
+def write_atomically(path: str, data: bytes) -> None:
+    """Replace a file so that a crash leaves either the old bytes or the new, never a torn file."""
+    folder = os.path.dirname(path)
+    fd, temporary = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        with contextlib.suppress(OSError):
+            os.chmod(temporary, os.stat(path).st_mode & 0o7777)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        raise
+
+
+SECTION_LINE = re.compile(r"\s*\[([^\]]*)\]")
+STARTDATE_LINE = re.compile(r"(\s*startdate\s*[=:][ \t]*)(.*?)([ \t]*\r?\n|[ \t]*\r|[ \t]*)$",
+                            re.IGNORECASE | re.DOTALL)
+
+
+def replace_startdate(text: str, value: str) -> str:
+    """config.ini's text with only the [General Setting] Startdate value changed."""
+    lines = re.findall(r"[^\n]*\n|[^\n]+", text)
+    in_general, header_at = False, None
+    for i, line in enumerate(lines):
+        section = SECTION_LINE.match(line)
+        if section:
+            in_general = section.group(1).strip().lower() == "general setting"
+            header_at = i if in_general else header_at
+            continue
+        match = STARTDATE_LINE.match(line) if in_general else None
+        if match:
+            lines[i] = match.group(1) + value + match.group(3)
+            return "".join(lines)
+    if header_at is None:
+        raise ConfigError("config.ini has no [General Setting] section to hold Startdate")
+    newline = "\r\n" if "\r\n" in text else "\n"
+    if not lines[header_at].endswith("\n"):
+        lines[header_at] += newline
+    lines.insert(header_at + 1, f"Startdate = {value}{newline}")
+    return "".join(lines)
+
+
+def rewrite_startdate(config: Config, value: str) -> None:
+    """Read config.ini afresh (an admin may have edited it meanwhile) and change Startdate alone."""
+    text, codec, bom = read_config_file(config.path)
+    data = bom + replace_startdate(text, value).encode(codec)
+    try:
+        write_atomically(config.path, data)
+    except OSError as e:
+        raise ConfigError(f"{config.path}: cannot write the new Startdate ({e.strerror}); "
+                          f"the resume point is kept in {state_path(config)}") from None
+
+
+def state_path(config: Config) -> str:
+    return os.path.splitext(config.path)[0] + ".state.json"
+
+
+class Checkpoint:
+    """Where each kind resumes: the id of its last delivered record, kept in a state file beside
+    config.ini. Startdate in config.ini follows it for people (import time, this PC's clock); a
+    Startdate changed by hand, or --startdate, means "send again from that import time".
+
+    An entry is valid while config.ini's Startdate is the value it was saved against."""
+
+    def __init__(self, config: Config, override: Optional[str]):
+        self.config, self.override = config, override
+        self.path = state_path(config)
+        self.kinds = self.load().get("kinds", {})
+        self.ran = set()
+
+    def load(self) -> dict:
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                state = json.load(f)
+            return state if isinstance(state, dict) and isinstance(state.get("kinds"), dict) else {}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            log.debug("state file %s unreadable (%s); resuming from Startdate", self.path, e)
+            return {}
+
+    def valid(self, kind: str) -> bool:
+        entry = self.kinds.get(kind)
+        return bool(entry) and self.config.startdate in (entry.get("startdate"), entry.get("previous"))
+
+    def start(self, store: Store, spec: KindSpec) -> tuple:
+        """(after_id, how it was chosen) for one kind."""
+        kind = spec.name
+        self.ran.add(kind)
+        since = self.override or self.config.startdate
+        if not self.override and self.valid(kind):
+            after = int(self.kinds[kind]["id"])
+            if after <= store.max_id(spec):
+                return after, f"after id {after}"
+            say(f"{kind}: the store ends before id {after}, the last one sent (was it replaced?); "
+                f"sending from Startdate {since or '(empty: all)'}")
+        if not since:
+            return 0, "from the oldest record"
+        first = store.first_id_since(spec, local_to_utc_text(since))
+        after = store.max_id(spec) if first is None else first - 1
+        return after, f"imported since {since}"
+
+    def advance(self, record: Record) -> None:
+        """Save that everything up to this record was delivered (atomic; at least every batch)."""
+        self.kinds[record.kind] = {"id": record.id, "imported_at": record.imported_at,
+                                   "startdate": self.config.startdate}
+        self.save()
+
+    def save(self) -> None:
+        data = json.dumps({"version": 1, "kinds": self.kinds}, indent=1, sort_keys=True).encode()
+        try:
+            write_atomically(self.path, data)
+        except OSError as e:
+            raise ConfigError(f"{self.path}: cannot save the resume point ({e.strerror}); "
+                              f"check that this account may write beside config.ini") from None
+
+    def finish(self) -> Optional[str]:
+        """Move Startdate to the oldest resume point of the kinds it stands for; the new value or None."""
+        old = self.config.startdate
+        current = [k for k in self.kinds if k in self.ran or self.valid(k)]
+        pending = [k for k in self.kinds if k not in current]   # hand edit not yet applied to them
+        times = [utc_to_local_text(self.kinds[k].get("imported_at", "")) for k in current]
+        times = [t for t in times if t] + ([old] if pending and old else [])
+        if not times or min(times) == old:
+            return None
+        new = min(times)
+        for kind in current:
+            self.kinds[kind].update(startdate=new, previous=old)
+        self.save()             # first: a crash before config.ini is written leaves both valid
+        rewrite_startdate(self.config, new)
+        return new
+
+
+@contextlib.contextmanager
+def run_lock(config: Config):
+    """One send per config.ini at a time. The OS drops the lock when a process dies, so a
+    killed run never blocks the next one."""
+    path = os.path.splitext(config.path)[0] + ".lock"
+    f = open(path, "a+")
+    try:
+        try:
+            lock_file(f)
+        except OSError:
+            raise BusyError(f"another siem_tool run is sending with {config.path}; this run sent nothing "
+                            f"(the next scheduled run picks up its records)") from None
+        yield
+    finally:
+        f.close()
+
+
+def lock_file(f) -> None:
+    if os.name == "nt":
+        import msvcrt
+        msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+    else:
+        import fcntl
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+# --- send --------------------------------------------------------------------
+
+@dataclasses.dataclass
+class KindReport:
+    kind: str
+    how: str = ""
+    delivery: Delivery = dataclasses.field(default_factory=Delivery)
+    seconds: float = 0.0
+    last: Optional[Record] = None
+    copy_path: Optional[str] = None
+    failed: bool = False
+
+    def line(self) -> str:
+        d = self.delivery
+        parts = [f"{self.kind}: {d.delivered} records sent", f"{d.bytes} bytes", f"{self.seconds:.1f} s"]
+        if self.last:
+            parts.append(f"checkpoint id {self.last.id} (imported {utc_to_local_text(self.last.imported_at)})")
+        else:
+            parts.append(f"checkpoint not moved ({self.how})")
+        if d.truncated:
+            parts.append(f"{d.truncated} cut to MaxMessageSize")
+        if d.quarantined:
+            parts.append(f"{d.quarantined} quarantined")
+        line = ", ".join(parts)
+        return line + (f" -> {self.copy_path}" if self.copy_path else "")
+
+
+class LocalCopy:
+    """The LEEF lines a run delivered, one file per kind, created with the first delivery."""
+
+    def __init__(self, folder: str, stamp: str):
+        self.folder, self.stamp, self.files = folder, stamp, {}
+
+    def write(self, kind: str, batch: Sequence[Outgoing]) -> str:
+        if kind not in self.files:
+            path = new_file_name(self.folder, kind, self.stamp, "leef")
+            self.files[kind] = (path, open(path, "a", encoding="utf-8", newline=""))
+        path, f = self.files[kind]
+        f.write("".join(item.leef + "\n" for item in batch))
+        f.flush()
+        return path
+
+    def close(self) -> None:
+        for _path, f in self.files.values():
+            f.close()
+
+
+def batches(items: Iterable[Outgoing], records: int = RECORDS_PER_BATCH,
+            size: int = BYTES_PER_BATCH) -> Iterator[list]:
+    """Groups of at most `records` items and about `size` bytes: the unit the checkpoint moves by."""
+    batch, total = [], 0
+    for item in items:
+        batch.append(item)
+        total += len(item.leef)
+        if len(batch) >= records or total >= size:
+            yield batch
+            batch, total = [], 0
+    if batch:
+        yield batch
+
+
+def send_kind(store: Store, spec: KindSpec, config: Config, style: LeefStyle, sender: Sender,
+              checkpoint: Checkpoint, copy: LocalCopy) -> KindReport:
+    report = KindReport(spec.name)
+    started = time.monotonic()
+    after, report.how = checkpoint.start(store, spec)
+    log.debug("%s: sending %s", spec.name, report.how)
+    records = read_records(store, spec, config.severity, after_id=after)
+    try:
+        for batch in batches(Outgoing(r, render_leef(spec, r, style)) for r in records):
+            try:
+                delivery = sender.send(spec.name, batch)
+            except SiemError as e:
+                delivered = batch[:e.delivered]
+                if delivered:
+                    record_delivery(report, checkpoint, copy, delivered, Delivery(len(delivered)))
+                report.failed = True
+                raise
+            record_delivery(report, checkpoint, copy, batch, delivery)
+    finally:
+        report.seconds = time.monotonic() - started
+    return report
+
+
+def record_delivery(report: KindReport, checkpoint: Checkpoint, copy: LocalCopy,
+                    batch: Sequence[Outgoing], delivery: Delivery) -> None:
+    report.copy_path = copy.write(report.kind, batch)
+    checkpoint.advance(batch[-1].record)
+    report.delivery.add(delivery)
+    report.last = batch[-1].record
+
+
+def run_send(options: Options, config: Config) -> int:
+    settings = config.siem_settings(options.siem)
+    log.debug("SIEM settings: %s", settings)
+    folder = output_folder(options, config, "sent")
+    style = LeefStyle.from_config(config)
+    reports, failure = [], None
+    with run_lock(config), Store(config.store_path) as store:
+        store.check_schema(options.kinds)
+        checkpoint = Checkpoint(config, options.startdate)
+        copy = LocalCopy(folder, file_stamp())
+        try:
+            with SENDERS[options.siem](settings, config) as sender:
+                for kind in options.kinds:
+                    report = KindReport(kind)
+                    try:
+                        report = send_kind(store, KIND_SPECS[kind], config, style, sender, checkpoint, copy)
+                    except SiemError as e:
+                        failure = failure or e
+                        report = getattr(e, "report", report)
+                        if not e.kind_only:
+                            break
+                    finally:
+                        reports.append(report)
+        finally:
+            copy.close()
+            new_startdate = checkpoint.finish()
+    for report in reports:
+        say(report.line())
+    if new_startdate:
+        log.debug("Startdate in %s is now %s", config.path, new_startdate)
+    return send_outcome(reports, failure, sender)
+
+
+def send_outcome(reports: Sequence[KindReport], failure: Optional[SiemError], sender: Sender) -> int:
+    if failure:
+        moved = [f"{r.kind} to id {r.last.id}" for r in reports if r.last]
+        status = f"checkpoint moved: {', '.join(moved)}" if moved else "checkpoint not moved"
+        raise SiemError(f"{failure}. {status}; the next run sends the rest")
+    quarantined = sum(r.delivery.quarantined for r in reports)
+    if quarantined:
+        print(f"siem_tool: {quarantined} records were refused by HEC and quarantined in "
+              f"{getattr(sender, 'quarantine_path', '')}; the others were delivered", file=sys.stderr)
+        return EXIT_QUARANTINE
+    return EXIT_OK
+
+
+# --- main --------------------------------------------------------------------
+
+COMMANDS = {"export": run_export, "send": run_send}
+
+
+def start_debug_log(options: Options, argv: Sequence[str]) -> None:
+    if not options.debug:
+        log.addHandler(logging.NullHandler())
+        return
+    path = os.path.join(os.path.dirname(options.config_path), DEBUG_LOG_NAME)
+    with contextlib.suppress(OSError):
+        handler = logging.FileHandler(path, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.DEBUG)
+    log.debug("siem_tool %s, Python %s, arguments %s", __version__, sys.version.split()[0], list(argv))
+    log.debug("config %s", options.config_path)
+
+
+def make_console_safe() -> None:
+    """A console that cannot show a character (cp932 and a host name in Hangul) must not end the run."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="replace")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    make_console_safe()
+    debug = any(a in ("-d", "--debug") for a in argv)
+    try:
+        options = parse_command_line(argv)
+        start_debug_log(options, argv)
+        config = load_config(options.config_path)
+        log.debug("store %s; config (secrets hidden) %s", config.store_path, masked_config(config))
+        return COMMANDS[options.command](options, config)
+    except SystemExit as e:       # -h and -v
+        return e.code if isinstance(e.code, int) else EXIT_OK
+    except SiemToolError as e:
+        log.debug("error", exc_info=True)
+        print(f"siem_tool: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("siem_tool: interrupted; what was delivered is recorded, the next run sends the rest",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:
+        log.exception("unexpected error")
+        if debug:
+            import traceback
+            traceback.print_exc()
+        print(f"siem_tool: internal error ({type(e).__name__}: {e}); this is a bug: please report it "
+              f"with the output of the same command run with -d", file=sys.stderr)
+        return EXIT_BUG
+
+
+if __name__ == "__main__":
+    sys.exit(main())
