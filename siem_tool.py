@@ -165,7 +165,10 @@ def parse_command_line(argv: Sequence[str]) -> Options:
     )
     if command == "export":
         options.format = parse_choice("--format", args["--format"], FORMATS)
-        if args["--date"]:
+        if args["--date"] or args["<from>"]:
+            # docopt treats each part of [--date <from> <to>] as optional on its own
+            if not (args["--date"] and args["<from>"] and args["<to>"]):
+                raise UsageError("--date needs two days: --date <from> <to>, each ddMMyyyy")
             options.date_range = parse_date_range(args["<from>"], args["<to>"])
         options.ip = parse_ip(args["--ip"]) if args["--ip"] else None
         options.network = parse_network(args["--netmask"]) if args["--netmask"] else None
