@@ -1882,6 +1882,9 @@ class Checkpoint:
             self.kinds[kind].update(startdate=new, previous=old)
         self.save()             # first: a crash before config.ini is written leaves both valid
         rewrite_startdate(self.config, new)
+        for kind in current:    # now a hand edit back to the old value means "send again"
+            self.kinds[kind].pop("previous", None)
+        self.save()
         return new
 
 
