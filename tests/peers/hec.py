@@ -91,6 +91,7 @@ class Request:
     status: int = 0
     reply: Dict[str, Any] = field(default_factory=dict)
     raw_size: int = 0      # body bytes as sent (compressed if gzip)
+    body_size: int = 0     # body bytes after gzip decoding (what batch bounds measure)
     gzip: bool = False
     channel: Optional[str] = None
     events: int = 0        # envelopes accepted from this request
@@ -487,12 +488,15 @@ class _Handler(BaseHTTPRequestHandler):
     def _decode(self, request: Request, raw: bytes) -> bytes:
         encoding = self.headers.get("Content-Encoding", "identity").strip().lower()
         if encoding != "gzip":
+            request.body_size = len(raw)
             return raw  # identity; anything else stays undecoded and fails to parse
         request.gzip = True
         try:
-            return gzip.decompress(raw)
+            body = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error):
             raise HecReply(6, 0)
+        request.body_size = len(body)
+        return body
 
     def _authorize(self) -> Dict[str, Any]:
         header = self.headers.get("Authorization")
