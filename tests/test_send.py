@@ -430,16 +430,20 @@ def test_kill_9_at_random_moments_loses_nothing(tmp_path, store_cache, rsyslog):
         start = rsyslog.mark()
         victim = subprocess.Popen([sys.executable, str(TOOL), "send", "--siem=rsyslog", "--log=all",
                                    f"--config={site.config}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.2, 2.0))
+        time.sleep(rng.uniform(0.25, 1.1))
         victim.send_signal(signal.SIGKILL)
         victim.wait()
+        time.sleep(0.3)
+        before_rerun = rsyslog.line_count() - start
         rerun = site.run("send", "--siem=rsyslog", "--log=all")
         assert rerun.returncode == 0, rerun.stderr
         received = collections.Counter(map(leef_of, rsyslog.wait_for(sum(expected.values()), start=start,
                                                                      timeout=60, settle=1.0)))
         missing = expected - received
         duplicated = sum((received - expected).values())
-        results.append((trial, sum(missing.values()), duplicated))
+        results.append((trial, before_rerun, sum(missing.values()), duplicated))
         assert not missing, f"trial {trial}: {sum(missing.values())} records lost"
         assert duplicated <= 1000, f"trial {trial}: {duplicated} records sent twice (more than one batch)"
-    print("kill -9 trials (trial, lost, duplicated):", results)
+    print("kill -9 trials (trial, received before the rerun, lost, duplicated):", results)
+    total = sum(expected.values())
+    assert sum(1 for r in results if 0 < r[1] < total) >= 5, "most kills must land in the middle of a send"
