@@ -19,6 +19,14 @@ sys.path.insert(0, str(ROOT))
 
 pytest_plugins = ["tests.peers.fixtures"] if (ROOT / "tests" / "peers" / "fixtures.py").exists() else []
 
+
+
+def pytest_configure(config):
+    if not MAKE_STORE.exists() or not GOLDEN.is_dir():
+        raise pytest.UsageError(f"the tests build stores with {MAKE_STORE} and compare with {GOLDEN}: "
+                                f"put the project's shared/ folder beside this checkout or set SIEM_TOOL_SHARED")
+
+
 TABLES = ("scan_log", "detection_log", "asset_info", "application_info", "update_info")
 
 
