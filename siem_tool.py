@@ -39,6 +39,7 @@ import configparser
 import contextlib
 import csv
 import dataclasses
+import functools
 import datetime as dt
 import gzip
 import hashlib
@@ -569,7 +570,7 @@ def masked_config(config: Config) -> dict:
 MONTH_NAMES = ("January", "February", "March", "April", "May", "June", "July",
                "August", "September", "October", "November", "December")
 DAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
-STORE_TIME = re.compile(r"(\d{4})-(\d\d)-(\d\d)[ T](\d\d):(\d\d):(\d\d)(?:\.(\d{1,6}))?")
+STORE_TIME = re.compile(r"(\d{4})-(\d\d)-(\d\d)[ T](\d\d):(\d\d):(\d\d)(?:\.(\d{1,6}))?", re.ASCII)
 
 # Java pattern letters -> how to write them. Names are English on purpose: a Japanese
 # Windows locale must not turn "Jul" into "7月" in a SIEM that parses English.
@@ -626,6 +627,63 @@ def compile_java_time_pattern(pattern: str) -> Callable[[dt.datetime], str]:
     return lambda t: "".join(piece(t) for piece in pieces)
 
 
+def _names_sql(index_sql: str, names: dict) -> str:
+    whens = " ".join(f"WHEN '{key}' THEN '{name}'" for key, name in names.items())
+    return f"CASE {index_sql} {whens} END"
+
+
+MONTHS_BY_NUMBER = {f"{i:02d}": name for i, name in enumerate(MONTH_NAMES, 1)}
+DAYS_BY_SQLITE_NUMBER = {str((i + 1) % 7): name for i, name in enumerate(DAY_NAMES)}  # %w: 0 is Sunday
+
+
+def _hour12_sql(pad: bool) -> str:
+    hour = "((CAST(substr({e},12,2) AS INTEGER) + 11) % 12 + 1)"
+    return f"printf('%02d', {hour})" if pad else hour
+
+
+# The same pattern letters as SQL over a store time {e}: SQLite renders the times in C, which
+# keeps exports near the speed of the sqlite3 tool. Zones (Z, XXX) stay in Python.
+JAVA_SQL = {
+    "yyyy": "substr({e},1,4)", "yy": "substr({e},3,2)",
+    "MMMM": _names_sql("substr({e},6,2)", MONTHS_BY_NUMBER),
+    "MMM": _names_sql("substr({e},6,2)", {k: v[:3] for k, v in MONTHS_BY_NUMBER.items()}),
+    "MM": "substr({e},6,2)", "M": "CAST(substr({e},6,2) AS INTEGER)",
+    "dd": "substr({e},9,2)", "d": "CAST(substr({e},9,2) AS INTEGER)",
+    "HH": "substr({e},12,2)", "H": "CAST(substr({e},12,2) AS INTEGER)",
+    "hh": _hour12_sql(True), "h": _hour12_sql(False),
+    "mm": "substr({e},15,2)", "m": "CAST(substr({e},15,2) AS INTEGER)",
+    "ss": "substr({e},18,2)", "s": "CAST(substr({e},18,2) AS INTEGER)",
+    "SSS": "substr(substr({e},21) || '000', 1, 3)",
+    "a": "CASE WHEN substr({e},12,2) < '12' THEN 'AM' ELSE 'PM' END",
+    "EEEE": _names_sql("strftime('%w', substr({e},1,10))", DAYS_BY_SQLITE_NUMBER),
+    "EEE": _names_sql("strftime('%w', substr({e},1,10))", {k: v[:3] for k, v in DAYS_BY_SQLITE_NUMBER.items()}),
+}
+# What parse_store_time accepts, as SQL: the shape, a real day, a real time of day.
+VALID_TIME_SQL = ("({e} GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9][ T][0-9][0-9]:[0-9][0-9]:[0-9][0-9]*'"
+                  " AND substr({e},1,4) > '0000' AND date(substr({e},1,10), '+0 days') IS substr({e},1,10)"
+                  " AND substr({e},12,2) < '24' AND substr({e},15,2) < '60' AND substr({e},18,2) < '60'"
+                  " AND (length({e}) = 19 OR (substr({e},20,1) = '.' AND length({e}) BETWEEN 21 AND 26"
+                  " AND substr({e},21) NOT GLOB '*[^0-9]*')))")
+
+
+def java_time_sql(pattern: str, expr: str, raw: Optional[str] = None) -> Optional[str]:
+    """SQL writing the store time `expr` as the pattern does, or `raw` (its text) if it is not
+    a time; None when the pattern needs Python (zones)."""
+    parts = []
+    for match in JAVA_TOKEN.finditer(pattern):
+        quoted, letter = match.group(1), match.group(2)
+        token = match.group(0)
+        if quoted is not None or not letter:
+            literal = (quoted.replace("''", "'") if quoted else "'") if quoted is not None else token
+            parts.append("'" + literal.replace("'", "''") + "'")
+        elif token in JAVA_SQL:
+            parts.append(JAVA_SQL[token])
+        else:
+            return None
+    rendered = " || ".join(parts or ["''"])
+    return f"CASE WHEN {VALID_TIME_SQL} THEN {rendered} ELSE {raw or text_sql(expr)} END".replace("{e}", expr)
+
+
 def parse_store_time(text) -> Optional[dt.datetime]:
     """An endpoint time as the store keeps it ('YYYY-MM-DD HH:MM:SS'), or None if it is not one."""
     match = STORE_TIME.fullmatch(text) if isinstance(text, str) else None
@@ -669,15 +727,41 @@ class KindSpec:
     time_expr: str
     ip_expr: str
 
+    def select_list(self, time_pattern: Optional[str] = None, neutralise: bool = False) -> str:
+        """id, import time, HEC's host and time, the event id's inputs, then every value as text:
+        times written in time_pattern (raw when None), cells neutralised for spreadsheets."""
+        columns = [f"{self.alias}.id", f"{self.alias}.imported_at", self.host_expr, self.time_expr,
+                   *self.event_exprs]
+        for _key, role, expr in self.fields:
+            raw = neutralised_sql(text_sql(expr)) if neutralise else text_sql(expr)
+            if role == VALUE:
+                columns.append(raw)
+            elif role == TIME:
+                columns.append(java_time_sql(time_pattern, expr, raw) if time_pattern else raw)
+        return ", ".join(columns)
+
     @property
-    def select_list(self) -> str:
-        data = [expr for _key, role, expr in self.fields if role in (VALUE, TIME)]
-        return ", ".join([f"{self.alias}.id", f"{self.alias}.imported_at", self.host_expr, self.time_expr,
-                          *self.event_exprs, *data])
+    def sev_at(self) -> int:
+        """How many values come before sev (devTime in scans and detections)."""
+        roles = [role for _key, role, _expr in self.fields if role != FORMAT]
+        return roles.index(SEV)
 
     @property
     def table(self) -> str:
         return self.source.split()[0]
+
+
+def text_sql(expr: str) -> str:
+    """Any column as text in SQL (NULL as ''), so that Python gets strings only."""
+    return f"coalesce(CAST({expr} AS TEXT), '')"
+
+
+def neutralised_sql(value: str) -> str:
+    """OWASP's CSV injection rule in SQL: a cell that starts like a formula gets a leading ',
+    unless it is a plain number. Cells come from scanned, possibly hostile endpoints."""
+    return (f"CASE WHEN substr({value},1,1) IN ('=','+','-','@',char(9),char(13)) AND NOT "
+            f"({value} GLOB '[-+][0-9]*' AND substr({value},2) NOT GLOB '*[^0-9.]*') "
+            f"THEN '''' || {value} ELSE {value} END")
 
 
 def as_int(value) -> Optional[int]:
@@ -690,6 +774,7 @@ def as_int(value) -> Optional[int]:
         return None
 
 
+@functools.lru_cache(maxsize=4096)
 def scan_event_id(status, infected, fixed) -> int:
     if status == "Scan canceled":
         return 1003
@@ -703,6 +788,7 @@ def scan_event_id(status, infected, fixed) -> int:
     return 1002  # threats left, or counts we cannot read: the loud answer
 
 
+@functools.lru_cache(maxsize=4096)
 def detection_event_id(risk, result) -> int:
     """2000 + 4*risk + result; an unknown risk or result is high risk, unable to fix (2009)."""
     risk = as_int(risk)
@@ -777,7 +863,7 @@ def required_columns(spec: KindSpec) -> dict:
     """table -> columns that the kind's query reads, for a clear error on another schema."""
     aliases = {"s": "scan_log", "d": "detection_log", "a": "asset_info", "p": "application_info",
                "u": "update_info"}
-    sql = " ".join([spec.select_list, spec.source])
+    sql = " ".join([spec.select_list(), spec.source])
     needed = {}
     for alias, column in re.findall(r"\b([sdapu])\.(\w+)", sql):
         needed.setdefault(aliases[alias], set()).add(column)
@@ -854,10 +940,10 @@ class Store:
                 self.db.text_factory = tolerant_text
                 return self.db.execute(sql, params).fetchall()
 
-    def pages(self, spec: KindSpec, where: str = "", params: Sequence = (), after_id: int = 0,
-              page: int = STORE_PAGE) -> Iterator[list]:
+    def pages(self, spec: KindSpec, select_list: str, where: str = "", params: Sequence = (),
+              after_id: int = 0, page: int = STORE_PAGE) -> Iterator[list]:
         """Rows of one kind with id > after_id, in id order, a page per query (never OFFSET)."""
-        sql = (f"SELECT {spec.select_list} FROM {spec.source} WHERE {spec.alias}.id > ?"
+        sql = (f"SELECT {select_list} FROM {spec.source} WHERE {spec.alias}.id > ?"
                f"{' AND ' + where if where else ''} ORDER BY {spec.alias}.id LIMIT ?")
         log.debug("SQL %s: %s %s", spec.name, sql, list(params))
         while True:
@@ -938,13 +1024,14 @@ class Record(NamedTuple):
 
 
 def build_record(spec: KindSpec, severity: dict, row: Sequence) -> Record:
+    """A record from a row of KindSpec.select_list: its values are texts, sev and event id included."""
     record_id, imported_at, host, when = row[:4]
     n_event = len(spec.event_exprs)
     event_id = spec.event_id(*row[4:4 + n_event])
     sev = severity[event_id]
-    data = iter(row[4 + n_event:])
-    values = tuple(sev if role == SEV else event_id if role == EVENT else None if role == FORMAT else next(data)
-                   for _key, role, _expr in spec.fields)
+    data = row[4 + n_event:]
+    at = spec.sev_at
+    values = (*data[:at], str(sev), str(event_id), *data[at:])
     return Record(spec.name, record_id, imported_at, as_text(host) or None, as_text(when) or None,
                   event_id, sev, values)
 
@@ -984,68 +1071,100 @@ def make_cleaner(delimiter: str = "\t") -> Callable[[str], str]:
 clean_value = make_cleaner()
 
 
+CSV_TIME_FORMAT = "yyyy-MM-dd HH:mm:ss"
+
+
 @dataclasses.dataclass(frozen=True)
 class LeefStyle:
+    """How LEEF lines are written: the delimiter and the time pattern, and what follows from them."""
     delimiter: str
     time_format: str
-    write_time: Callable[[dt.datetime], str]
-    clean: Callable[[str], str]
 
     @classmethod
     def from_config(cls, config: Config) -> "LeefStyle":
-        return cls(config.leef_delimiter, config.leef_time_format,
-                   compile_java_time_pattern(config.leef_time_format), make_cleaner(config.leef_delimiter))
+        return cls(config.leef_delimiter, config.leef_time_format)
 
-    @property
-    def header_delimiter(self) -> str:
-        return f"x{ord(self.delimiter):02X}"
+    @functools.cached_property
+    def clean(self) -> Callable[[str], str]:
+        return make_cleaner(self.delimiter)
+
+    @functools.cached_property
+    def write_time(self) -> Callable[[dt.datetime], str]:
+        return compile_java_time_pattern(self.time_format)
+
+    @functools.cached_property
+    def sql_times(self) -> bool:
+        """SQLite can write the times (the pattern has no zone letters)."""
+        return java_time_sql(self.time_format, "x") is not None
+
+    @functools.cached_property
+    def unsafe(self) -> Callable:
+        """Finds what must not stand raw in a line, but the delimiter (which is counted)."""
+        chars = "\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029" + ("" if self.delimiter == "\t" else "\t")
+        return re.compile(f"[{chars}]").search
+
+    def select_list(self, spec: KindSpec) -> str:
+        return spec.select_list(self.time_format if self.sql_times else None)
+
+    @functools.lru_cache(maxsize=None)
+    def header(self, event_id: int) -> str:
+        return LEEF_HEADER.format(event=event_id, delim=f"x{ord(self.delimiter):02X}")
+
+    @functools.lru_cache(maxsize=None)
+    def body_template(self, spec: KindSpec) -> str:
+        pattern = self.clean(self.time_format).replace("%", "%%")
+        return self.delimiter.join(f"{key}={pattern}" if role == FORMAT else f"{key}=%s"
+                                   for key, role, _expr in spec.fields)
+
+    @functools.lru_cache(maxsize=None)
+    def time_positions(self, spec: KindSpec) -> tuple:
+        """Where the times stand among the values, when Python has to write them."""
+        if self.sql_times:
+            return ()
+        roles = [role for _key, role, _expr in spec.fields if role != FORMAT]
+        return tuple(i for i, role in enumerate(roles) if role == TIME)
 
 
 def render_leef(spec: KindSpec, record: Record, style: LeefStyle) -> str:
     """The record as one LEEF 2.0 line (without line end)."""
-    attributes = []
-    for (key, role, _expr), value in zip(spec.fields, record.values):
-        if role == TIME:
-            moment = parse_store_time(value)
-            text = style.write_time(moment) if moment else as_text(value)
-        elif role == FORMAT:
-            text = style.time_format
-        else:
-            text = as_text(value)
-        attributes.append(f"{key}={style.clean(text)}")
-    header = LEEF_HEADER.format(event=record.event_id, delim=style.header_delimiter)
-    return header + style.delimiter.join(attributes)
+    values = record.values
+    positions = style.time_positions(spec)
+    if positions:
+        values = list(values)
+        for i in positions:
+            moment = parse_store_time(values[i])
+            values[i] = style.write_time(moment) if moment else values[i]
+        values = tuple(values)
+    template = style.body_template(spec)
+    body = template % values
+    # One search over the line instead of one per value: values are almost always clean.
+    if body.count(style.delimiter) != len(spec.fields) - 1 or style.unsafe(body):
+        body = template % tuple(style.clean(v) for v in values)
+    return style.header(record.event_id) + body
 
 
 def csv_header(spec: KindSpec) -> list:
     return [key for key, role, _expr in spec.fields if role != FORMAT]
 
 
-# A cell that starts like a formula is prefixed with ' (OWASP, CSV injection): application
-# names and paths come from scanned endpoints, possibly hostile ones.
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+def csv_select_list(spec: KindSpec) -> str:
+    """Times as yyyy-MM-dd HH:mm:ss and formula-like cells neutralised, both by SQLite."""
+    return spec.select_list(CSV_TIME_FORMAT, neutralise=True)
 
 
-def render_csv_cells(spec: KindSpec, record: Record) -> list:
-    cells = []
-    for (_key, role, _expr), value in zip(spec.fields, record.values):
-        if role == FORMAT:
-            continue
-        if role == TIME:
-            moment = parse_store_time(value)
-            text = moment.strftime(STARTDATE_FORMAT) if moment else as_text(value)
-        else:
-            text = as_text(value)
-        text = clean_value(text)
-        if isinstance(value, (str, bytes)) and text.startswith(FORMULA_START):
-            text = "'" + text
-        cells.append(text)
-    return cells
+CSV_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]").search
 
 
-def read_records(store: Store, spec: KindSpec, severity: dict, where: str = "", params: Sequence = (),
-                 after_id: int = 0) -> Iterator[Record]:
-    for rows in store.pages(spec, where, params, after_id):
+def render_csv_cells(spec: KindSpec, record: Record) -> Sequence[str]:
+    values = record.values
+    if CSV_UNSAFE("".join(values)):
+        return [clean_value(v) for v in values]
+    return values
+
+
+def read_records(store: Store, spec: KindSpec, severity: dict, select_list: str, where: str = "",
+                 params: Sequence = (), after_id: int = 0) -> Iterator[Record]:
+    for rows in store.pages(spec, select_list, where, params, after_id):
         for row in rows:
             yield build_record(spec, severity, row)
 
@@ -1122,7 +1241,8 @@ def run_export(options: Options, config: Config) -> int:
             spec = KIND_SPECS[kind]
             started = time.monotonic()
             where, params = export_filter(spec, options)
-            records = read_records(store, spec, config.severity, where, params)
+            select = csv_select_list(spec) if options.format == "csv" else style.select_list(spec)
+            records = read_records(store, spec, config.severity, select, where, params)
             path = new_file_name(folder, kind, stamp, options.format)
             if options.format == "csv":
                 with output_file(path, "utf-8-sig") as f:
@@ -1981,7 +2101,7 @@ def send_kind(store: Store, spec: KindSpec, config: Config, style: LeefStyle, se
     started = time.monotonic()
     after, report.how = checkpoint.start(store, spec)
     log.debug("%s: sending %s", spec.name, report.how)
-    records = read_records(store, spec, config.severity, after_id=after)
+    records = read_records(store, spec, config.severity, style.select_list(spec), after_id=after)
     try:
         for batch in batches(Outgoing(r, render_leef(spec, r, style)) for r in records):
             try:
