@@ -43,6 +43,7 @@ import functools
 import datetime as dt
 import gzip
 import hashlib
+import io
 import ipaddress
 import json
 import logging
@@ -1012,7 +1013,8 @@ def export_filter(spec: KindSpec, options: Options) -> tuple:
 # --- records -----------------------------------------------------------------
 
 class Record(NamedTuple):
-    """One log record: its place in the store, what HEC needs, and values aligned with its KindSpec."""
+    """One rendered log record: its place in the store, what syslog and HEC need, and its line
+    (LEEF without line end, or a CSV row with its CRLF)."""
     kind: str
     id: int
     imported_at: str
@@ -1020,20 +1022,7 @@ class Record(NamedTuple):
     time: Optional[str]
     event_id: int
     sev: int
-    values: tuple
-
-
-def build_record(spec: KindSpec, severity: dict, row: Sequence) -> Record:
-    """A record from a row of KindSpec.select_list: its values are texts, sev and event id included."""
-    record_id, imported_at, host, when = row[:4]
-    n_event = len(spec.event_exprs)
-    event_id = spec.event_id(*row[4:4 + n_event])
-    sev = severity[event_id]
-    data = row[4 + n_event:]
-    at = spec.sev_at
-    values = (*data[:at], str(sev), str(event_id), *data[at:])
-    return Record(spec.name, record_id, imported_at, as_text(host) or None, as_text(when) or None,
-                  event_id, sev, values)
+    line: str
 
 
 def as_text(value) -> str:
@@ -1069,9 +1058,11 @@ def make_cleaner(delimiter: str = "\t") -> Callable[[str], str]:
 
 
 clean_value = make_cleaner()
-
-
 CSV_TIME_FORMAT = "yyyy-MM-dd HH:mm:ss"
+
+
+def sql_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1103,70 +1094,150 @@ class LeefStyle:
         chars = "\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029" + ("" if self.delimiter == "\t" else "\t")
         return re.compile(f"[{chars}]").search
 
-    def select_list(self, spec: KindSpec) -> str:
-        return spec.select_list(self.time_format if self.sql_times else None)
-
-    @functools.lru_cache(maxsize=None)
-    def header(self, event_id: int) -> str:
-        return LEEF_HEADER.format(event=event_id, delim=f"x{ord(self.delimiter):02X}")
-
-    @functools.lru_cache(maxsize=None)
-    def body_template(self, spec: KindSpec) -> str:
-        pattern = self.clean(self.time_format).replace("%", "%%")
-        return self.delimiter.join(f"{key}={pattern}" if role == FORMAT else f"{key}=%s"
-                                   for key, role, _expr in spec.fields)
-
-    @functools.lru_cache(maxsize=None)
-    def time_positions(self, spec: KindSpec) -> tuple:
-        """Where the times stand among the values, when Python has to write them."""
-        if self.sql_times:
-            return ()
-        roles = [role for _key, role, _expr in spec.fields if role != FORMAT]
-        return tuple(i for i, role in enumerate(roles) if role == TIME)
+    @functools.cached_property
+    def headers(self) -> dict:
+        return {event: LEEF_HEADER.format(event=event, delim=f"x{ord(self.delimiter):02X}")
+                for event in DEFAULT_SEVERITY}
 
 
-def render_leef(spec: KindSpec, record: Record, style: LeefStyle) -> str:
-    """The record as one LEEF 2.0 line (without line end)."""
-    values = record.values
-    positions = style.time_positions(spec)
-    if positions:
-        values = list(values)
-        for i in positions:
-            moment = parse_store_time(values[i])
-            values[i] = style.write_time(moment) if moment else values[i]
-        values = tuple(values)
-    template = style.body_template(spec)
-    body = template % values
-    # One search over the line instead of one per value: values are almost always clean.
-    if body.count(style.delimiter) != len(spec.fields) - 1 or style.unsafe(body):
-        body = template % tuple(style.clean(v) for v in values)
-    return style.header(record.event_id) + body
+def with_sev_and_event(spec: KindSpec, values: Sequence[str], sev: int, event_id: int) -> list:
+    """The kind's values (FORMAT left out) with sev and eventId in their places."""
+    at = spec.sev_at
+    return [*values[:at], str(sev), str(event_id), *values[at:]]
+
+
+def render_leef(spec: KindSpec, values: Sequence[str], event_id: int, sev: int, style: LeefStyle) -> str:
+    """A record as one LEEF 2.0 line (without line end), from its values as the store gave them."""
+    values = with_sev_and_event(spec, values, sev, event_id)
+    roles = iter(role for _key, role, _expr in spec.fields if role != FORMAT)
+    attributes, values = [], iter(values)
+    for key, role, _expr in spec.fields:
+        if role == FORMAT:
+            text = style.time_format
+        else:
+            text = next(values)
+            if next(roles) == TIME and not style.sql_times:
+                moment = parse_store_time(text)
+                text = style.write_time(moment) if moment else text
+        attributes.append(f"{key}={style.clean(text)}")
+    return style.headers[event_id] + style.delimiter.join(attributes)
 
 
 def csv_header(spec: KindSpec) -> list:
     return [key for key, role, _expr in spec.fields if role != FORMAT]
 
 
-def csv_select_list(spec: KindSpec) -> str:
-    """Times as yyyy-MM-dd HH:mm:ss and formula-like cells neutralised, both by SQLite."""
-    return spec.select_list(CSV_TIME_FORMAT, neutralise=True)
+def render_csv(spec: KindSpec, values: Sequence[str], event_id: int, sev: int) -> str:
+    """A record as one CSV row with CRLF; times and formula neutralisation come from the SQL."""
+    out = io.StringIO(newline="")
+    csv.writer(out, lineterminator="\r\n").writerow(
+        clean_value(v) for v in with_sev_and_event(spec, values, sev, event_id))
+    return out.getvalue()
+
+
+# --- the same renderings, done by SQLite -------------------------------------
+# Python pays for every value it touches, so the common case is built by SQLite as two texts
+# per record, the attributes before sev and those after eventId; Python adds sev and eventId
+# and checks the line once. A record with a character to clean (rare) is rendered again by
+# render_leef / render_csv from its values: both paths give the same bytes (tested).
+
+def leef_halves_sql(spec: KindSpec, style: LeefStyle) -> tuple:
+    delimiter = sql_literal(style.delimiter)
+    before, after, target = [], [], None
+    target = before
+    for key, role, expr in spec.fields:
+        if role == SEV:
+            target = None
+        elif role == EVENT:
+            target = after
+        elif role == FORMAT:
+            target.append(sql_literal(f"{key}={style.clean(style.time_format)}"))
+        else:
+            value = java_time_sql(style.time_format, expr) if role == TIME else text_sql(expr)
+            target.append(f"{sql_literal(key + '=')} || {value}")
+    head = " || ".join(f"{part} || {delimiter}" for part in before) or "''"
+    tail = " || ".join(f"{delimiter} || {part}" for part in after) or "''"
+    return head, tail
+
+
+def csv_cell_sql(expr: str, role: str) -> str:
+    raw = neutralised_sql(text_sql(expr))
+    value = java_time_sql(CSV_TIME_FORMAT, expr, raw) if role == TIME else raw
+    # RFC 4180 quoting; a cell with CR or LF never takes this path (it is cleaned in Python)
+    return f"""(CASE WHEN instr({value}, ',') OR instr({value}, '"') THEN '"' || replace({value}, '"', '""') || '"' ELSE {value} END)"""
+
+
+def csv_halves_sql(spec: KindSpec) -> tuple:
+    before, after, target = [], [], None
+    target = before
+    for _key, role, expr in spec.fields:
+        if role == SEV:
+            target = None
+        elif role == EVENT:
+            target = after
+        elif role != FORMAT:
+            target.append(csv_cell_sql(expr, role))
+    head = " || ".join(f"{part} || ','" for part in before) or "''"
+    tail = " || ".join(f"',' || {part}" for part in after) or "''"
+    return head, tail
 
 
 CSV_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]").search
 
 
-def render_csv_cells(spec: KindSpec, record: Record) -> Sequence[str]:
-    values = record.values
-    if CSV_UNSAFE("".join(values)):
-        return [clean_value(v) for v in values]
-    return values
+class KindReader:
+    """Reads one kind from the store as rendered records: LEEF in a style, or CSV (style None)."""
 
+    def __init__(self, store: Store, spec: KindSpec, severity: dict, style: Optional[LeefStyle]):
+        self.store, self.spec, self.severity, self.style = store, spec, severity, style
+        meta = [f"{spec.alias}.id", f"{spec.alias}.imported_at", spec.host_expr, spec.time_expr, *spec.event_exprs]
+        self.fast = style is None or style.sql_times
+        if style is None:
+            self.values_select = spec.select_list(CSV_TIME_FORMAT, neutralise=True)
+            halves = csv_halves_sql(spec)
+        else:
+            self.values_select = spec.select_list(style.time_format if style.sql_times else None)
+            halves = leef_halves_sql(spec, style)
+        self.select = ", ".join(meta + list(halves)) if self.fast else self.values_select
+        if style is not None:
+            self.separators = len(spec.fields) - 1
 
-def read_records(store: Store, spec: KindSpec, severity: dict, select_list: str, where: str = "",
-                 params: Sequence = (), after_id: int = 0) -> Iterator[Record]:
-    for rows in store.pages(spec, select_list, where, params, after_id):
-        for row in rows:
-            yield build_record(spec, severity, row)
+    def records(self, where: str = "", params: Sequence = (), after_id: int = 0) -> Iterator[Record]:
+        n_event = len(self.spec.event_exprs)
+        for rows in self.store.pages(self.spec, self.select, where, params, after_id):
+            for row in rows:
+                event_id = self.spec.event_id(*row[4:4 + n_event])
+                sev = self.severity[event_id]
+                if self.fast:
+                    line = self.join(row[-2], row[-1], event_id, sev) or self.render_again(row[0], event_id, sev)
+                else:
+                    line = self.render(row[4 + n_event:], event_id, sev)
+                yield Record(self.spec.name, row[0], row[1], as_text(row[2]) or None, as_text(row[3]) or None,
+                             event_id, sev, line)
+
+    def join(self, head: str, tail: str, event_id: int, sev: int) -> Optional[str]:
+        """The line from SQLite's halves, or None when a value needs cleaning."""
+        style = self.style
+        if style is None:
+            line = f"{head}{sev},{event_id}{tail}\r\n"
+            return None if CSV_UNSAFE(line, 0, len(line) - 2) else line
+        d = style.delimiter
+        body = f"{head}sev={sev}{d}eventId={event_id}{tail}"
+        if body.count(d) != self.separators or style.unsafe(body):
+            return None
+        return style.headers[event_id] + body
+
+    def render(self, values: Sequence[str], event_id: int, sev: int) -> str:
+        if self.style is None:
+            return render_csv(self.spec, values, event_id, sev)
+        return render_leef(self.spec, values, event_id, sev, self.style)
+
+    def render_again(self, record_id: int, event_id: int, sev: int) -> str:
+        spec = self.spec
+        row = self.store.query(f"SELECT {self.values_select} FROM {spec.source} WHERE {spec.alias}.id = ?",
+                               [record_id])[0]
+        return self.render(row[4 + len(spec.event_exprs):], event_id, sev)
+
 
 
 # --- export ------------------------------------------------------------------
@@ -1213,20 +1284,10 @@ def output_file(path: str, encoding: str):
         raise
 
 
-def write_leef(f, spec: KindSpec, records: Iterable[Record], style: LeefStyle) -> int:
+def write_records(f, records: Iterable[Record], line_end: str) -> int:
     count = 0
     for record in records:
-        f.write(render_leef(spec, record, style) + "\n")
-        count += 1
-    return count
-
-
-def write_csv(f, spec: KindSpec, records: Iterable[Record]) -> int:
-    writer = csv.writer(f, lineterminator="\r\n")
-    writer.writerow(csv_header(spec))
-    count = 0
-    for record in records:
-        writer.writerow(render_csv_cells(spec, record))
+        f.write(record.line + line_end)
         count += 1
     return count
 
@@ -1241,15 +1302,13 @@ def run_export(options: Options, config: Config) -> int:
             spec = KIND_SPECS[kind]
             started = time.monotonic()
             where, params = export_filter(spec, options)
-            select = csv_select_list(spec) if options.format == "csv" else style.select_list(spec)
-            records = read_records(store, spec, config.severity, select, where, params)
+            csv_wanted = options.format == "csv"
+            records = KindReader(store, spec, config.severity, None if csv_wanted else style).records(where, params)
             path = new_file_name(folder, kind, stamp, options.format)
-            if options.format == "csv":
-                with output_file(path, "utf-8-sig") as f:
-                    count = write_csv(f, spec, records)
-            else:
-                with output_file(path, "utf-8") as f:
-                    count = write_leef(f, spec, records, style)
+            with output_file(path, "utf-8-sig" if csv_wanted else "utf-8") as f:
+                if csv_wanted:
+                    csv.writer(f, lineterminator="\r\n").writerow(csv_header(spec))
+                count = write_records(f, records, "" if csv_wanted else "\n")
             log.debug("%s: %d records in %.2f s -> %s", kind, count, time.monotonic() - started, path)
             say(f"{kind}: {count} records -> {path}")
     return EXIT_OK
@@ -1263,11 +1322,6 @@ def say(line: str) -> None:
 
 # LEEF sev (1-10) -> syslog severity (RFC 5424 table 2).
 SYSLOG_SEVERITY = {1: 6, 2: 6, 3: 5, 4: 5, 5: 4, 6: 4, 7: 3, 8: 3, 9: 2, 10: 1}
-
-
-class Outgoing(NamedTuple):
-    record: Record
-    leef: str
 
 
 @dataclasses.dataclass
@@ -1296,7 +1350,7 @@ class Sender:
     def open(self) -> None:
         """Check what can be checked before reading the store; connections are made lazily."""
 
-    def send(self, kind: str, batch: Sequence[Outgoing]) -> Delivery:
+    def send(self, kind: str, batch: Sequence[Record]) -> Delivery:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -1359,17 +1413,17 @@ class SyslogSender(Sender):
         self.settings, self.facility = settings, facility
         self.host_name = syslog_host_name()
 
-    def messages(self, kind: str, batch: Sequence[Outgoing], local_ip: str) -> tuple:
+    def messages(self, kind: str, batch: Sequence[Record], local_ip: str) -> tuple:
         """The framed bytes of a batch and how many were cut."""
         now = dt.datetime.now().astimezone()
         out, cut = [], 0
         for item in batch:
-            priority = syslog_priority(self.facility, item.record.sev)
+            priority = syslog_priority(self.facility, item.sev)
             if self.settings.header == "rfc3164":
                 header = rfc3164_header(priority, now, local_ip)
             else:
                 header = rfc5424_header(priority, now, self.host_name if self.host_name != "-" else local_ip, kind)
-            message, was_cut = fit_message((header + item.leef).encode("utf-8"), self.settings.max_message)
+            message, was_cut = fit_message((header + item.line).encode("utf-8"), self.settings.max_message)
             cut += was_cut
             out.append(message)
         return out, cut
@@ -1396,7 +1450,7 @@ class UdpSender(SyslogSender):
             self.started, self.sent = time.monotonic(), 0
         return self.sock
 
-    def send(self, kind: str, batch: Sequence[Outgoing]) -> Delivery:
+    def send(self, kind: str, batch: Sequence[Record]) -> Delivery:
         sock = self.connect()
         messages, cut = self.messages(kind, batch, sock.getsockname()[0])
         size = 0
@@ -1442,7 +1496,7 @@ class StreamSender(SyslogSender):
     def connect(self) -> socket.socket:
         return self.tls.connect(self.dial, self.settings.timeout) if self.tls else self.dial()
 
-    def send(self, kind: str, batch: Sequence[Outgoing]) -> Delivery:
+    def send(self, kind: str, batch: Sequence[Record]) -> Delivery:
         sock = self.connect()
         try:
             messages, cut = self.messages(kind, batch, sock.getsockname()[0])
@@ -1599,8 +1653,7 @@ class HecSender(Sender):
             self.session.close()
             self.session = None
 
-    def envelope(self, kind: str, item: Outgoing) -> bytes:
-        record = item.record
+    def envelope(self, kind: str, record: Record) -> bytes:
         priority = syslog_priority(self.facility, record.sev)
         fields = {}
         epoch = hec_time(record.time, self.settings.time_zone)
@@ -1609,10 +1662,10 @@ class HecSender(Sender):
         if record.host:
             fields["host"] = clean_value(record.host)
         fields.update(source="TMPS3", sourcetype=self.settings.source_type, index=kind,
-                      event=f"<{priority}>{item.leef}")
+                      event=f"<{priority}>{record.line}")
         return json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
-    def send(self, kind: str, batch: Sequence[Outgoing]) -> Delivery:
+    def send(self, kind: str, batch: Sequence[Record]) -> Delivery:
         envelopes = [self.envelope(kind, item) for item in batch]
         total = Delivery()
         for chunk in chunks_by_size(envelopes, self.settings.batch_bytes):
@@ -2067,12 +2120,12 @@ class LocalCopy:
     def __init__(self, folder: str, stamp: str):
         self.folder, self.stamp, self.files = folder, stamp, {}
 
-    def write(self, kind: str, batch: Sequence[Outgoing]) -> str:
+    def write(self, kind: str, batch: Sequence[Record]) -> str:
         if kind not in self.files:
             path = new_file_name(self.folder, kind, self.stamp, "leef")
             self.files[kind] = (path, open(path, "a", encoding="utf-8", newline=""))
         path, f = self.files[kind]
-        f.write("".join(item.leef + "\n" for item in batch))
+        f.write("".join(record.line + "\n" for record in batch))
         f.flush()
         return path
 
@@ -2081,13 +2134,13 @@ class LocalCopy:
             f.close()
 
 
-def batches(items: Iterable[Outgoing], records: int = RECORDS_PER_BATCH,
+def batches(items: Iterable[Record], records: int = RECORDS_PER_BATCH,
             size: int = BYTES_PER_BATCH) -> Iterator[list]:
     """Groups of at most `records` items and about `size` bytes: the unit the checkpoint moves by."""
     batch, total = [], 0
     for item in items:
         batch.append(item)
-        total += len(item.leef)
+        total += len(item.line)
         if len(batch) >= records or total >= size:
             yield batch
             batch, total = [], 0
@@ -2101,9 +2154,9 @@ def send_kind(store: Store, spec: KindSpec, config: Config, style: LeefStyle, se
     started = time.monotonic()
     after, report.how = checkpoint.start(store, spec)
     log.debug("%s: sending %s", spec.name, report.how)
-    records = read_records(store, spec, config.severity, style.select_list(spec), after_id=after)
+    records = KindReader(store, spec, config.severity, style).records(after_id=after)
     try:
-        for batch in batches(Outgoing(r, render_leef(spec, r, style)) for r in records):
+        for batch in batches(records):
             try:
                 delivery = sender.send(spec.name, batch)
             except SiemError as e:
@@ -2119,11 +2172,11 @@ def send_kind(store: Store, spec: KindSpec, config: Config, style: LeefStyle, se
 
 
 def record_delivery(report: KindReport, checkpoint: Checkpoint, copy: LocalCopy,
-                    batch: Sequence[Outgoing], delivery: Delivery) -> None:
+                    batch: Sequence[Record], delivery: Delivery) -> None:
     report.copy_path = copy.write(report.kind, batch)
-    checkpoint.advance(batch[-1].record)
+    checkpoint.advance(batch[-1])
     report.delivery.add(delivery)
-    report.last = batch[-1].record
+    report.last = batch[-1]
 
 
 def run_send(options: Options, config: Config) -> int:
