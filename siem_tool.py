@@ -1161,10 +1161,11 @@ def leef_halves_sql(spec: KindSpec, style: LeefStyle) -> tuple:
 
 
 def csv_cell_sql(expr: str, role: str) -> str:
+    """RFC 4180 quoting of a neutralised cell (a cell with CR or LF is cleaned in Python instead);
+    a well-formed time needs neither, so only its raw branch pays for them."""
     raw = neutralised_sql(text_sql(expr))
-    value = java_time_sql(CSV_TIME_FORMAT, expr, raw) if role == TIME else raw
-    # RFC 4180 quoting; a cell with CR or LF never takes this path (it is cleaned in Python)
-    return f"""(CASE WHEN instr({value}, ',') OR instr({value}, '"') THEN '"' || replace({value}, '"', '""') || '"' ELSE {value} END)"""
+    quoted = f"""(CASE WHEN instr({raw}, ',') OR instr({raw}, '"') THEN '"' || replace({raw}, '"', '""') || '"' ELSE {raw} END)"""
+    return java_time_sql(CSV_TIME_FORMAT, expr, quoted) if role == TIME else quoted
 
 
 def csv_halves_sql(spec: KindSpec) -> tuple:
