@@ -2,7 +2,8 @@
 
 Usage:
   siem_tool export --log=<log> --format=<format> [--assetinfo=<kinds>] [--date <from> <to>] [--ip=<ip> | --netmask=<netmask>] [--hostname=<hostname>] [options]
-  siem_tool send --siem=<siem> --log=<log> [--assetinfo=<kinds>] [--startdate=<startdate>] [options]
+  siem_tool send --siem=<siem> --log=<log> [--assetinfo=<kinds>] [--startdate=<startdate>] [--dry-run] [options]
+  siem_tool check --siem=<siem> [options]
   siem_tool -h | --help
   siem_tool -v | --version
 
@@ -19,6 +20,8 @@ Options:
   --siem=<siem>          qradar, splunk or rsyslog
   --startdate=<startdate>  resend from this import time, "yyyy-MM-dd HH:mm:ss"
                          (overrides Startdate in config.ini for this run)
+  --dry-run              select and render as send would, show the first
+                         messages, send nothing, move no checkpoint
   --config=<file>        config file (default: config.ini beside siem_tool.py)
   --output=<dir>         folder for the files written (default: export/ or
                          sent/ beside config.ini)
@@ -149,6 +152,7 @@ class Options:
     hostname: Optional[str] = None
     siem: Optional[str] = None
     startdate: Optional[str] = None         # local time text, validated
+    dry_run: bool = False
 
 
 def parse_command_line(argv: Sequence[str]) -> Options:
@@ -157,10 +161,10 @@ def parse_command_line(argv: Sequence[str]) -> Options:
         args = docopt.docopt(__doc__, argv=list(argv), version=f"siem_tool {__version__}")
     except docopt.DocoptExit:
         raise UsageError(explain_usage_mistake(argv)) from None
-    command = "export" if args["export"] else "send"
+    command = next(c for c in ("export", "send", "check") if args[c])
     options = Options(
         command=command,
-        kinds=parse_kinds(args["--log"], args["--assetinfo"]),
+        kinds=parse_kinds(args["--log"] or "all", args["--assetinfo"]),
         config_path=resolve_config_path(args["--config"]),
         output=args["--output"],
         debug=bool(args["--debug"]),
@@ -179,6 +183,7 @@ def parse_command_line(argv: Sequence[str]) -> Options:
         options.siem = parse_choice("--siem", args["--siem"], SIEMS)
         if args["--startdate"] is not None:
             options.startdate = parse_startdate(args["--startdate"], "--startdate")
+        options.dry_run = bool(args["--dry-run"])
     return options
 
 
@@ -193,18 +198,18 @@ def explain_usage_mistake(argv: Sequence[str]) -> str:
     if {"--ip", "--netmask"} <= named:
         return "--ip and --netmask cannot be used together; give one of them"
     command = next((w for w in words if not w.startswith("-")), None)
-    if command not in ("export", "send"):
-        return "the first word must be export or send; run 'siem_tool -h' for the usage"
+    if command not in ("export", "send", "check"):
+        return "the first word must be export, send or check; run 'siem_tool -h' for the usage"
     if "--date" in named:
         i = words.index("--date")
         values = [w for w in words[i + 1:i + 3] if not w.startswith("-")]
         if len(values) < 2:
             return "--date needs two days: --date <from> <to>, each ddMMyyyy"
-    for required in (("--log", "--format") if command == "export" else ("--siem", "--log")):
+    needed = {"export": ("--log", "--format"), "send": ("--siem", "--log"), "check": ("--siem",)}[command]
+    for required in needed:
         if required not in named:
             return f"{command} needs {required}; run 'siem_tool -h' for the usage"
-    other = "--siem/--startdate" if command == "export" else "--format/--date/--ip/--netmask/--hostname"
-    return f"these options do not fit '{command}' ({other} belong to the other command, or a value is missing); run 'siem_tool -h'"
+    return f"these options do not fit '{command}', or a value is missing; run 'siem_tool -h' for the usage"
 
 
 def parse_choice(option: str, value: str, choices: Sequence[str]) -> str:
@@ -1383,10 +1388,10 @@ def fit_message(message: bytes, limit: int) -> tuple:
 
 
 def frame(message: bytes, framing: str) -> bytes:
-    """LF-terminated (what QRadar reads) or RFC 6587 octet counting."""
+    """LF-terminated (what QRadar reads), RFC 6587 octet counting, or none (a UDP datagram)."""
     if framing == "octet-counting":
         return b"%d %s" % (len(message), message)
-    return message + b"\n"
+    return message + b"\n" if framing == "lf" else message
 
 
 def syslog_host_name() -> str:
@@ -2165,6 +2170,7 @@ def send_kind(store: Store, spec: KindSpec, config: Config, style: LeefStyle, se
                 if delivered:
                     record_delivery(report, checkpoint, copy, delivered, Delivery(len(delivered)))
                 report.failed = True
+                e.report = report
                 raise
             record_delivery(report, checkpoint, copy, batch, delivery)
     finally:
@@ -2183,6 +2189,8 @@ def record_delivery(report: KindReport, checkpoint: Checkpoint, copy: LocalCopy,
 def run_send(options: Options, config: Config) -> int:
     settings = config.siem_settings(options.siem)
     log.debug("SIEM settings: %s", settings)
+    if options.dry_run:
+        return run_dry_send(options, config, settings)
     folder = output_folder(options, config, "sent")
     style = LeefStyle.from_config(config)
     reports, failure = [], None
@@ -2226,9 +2234,183 @@ def send_outcome(reports: Sequence[KindReport], failure: Optional[SiemError], se
     return EXIT_OK
 
 
+# --- check and dry run -------------------------------------------------------
+
+def visible(data: bytes) -> str:
+    """Message bytes for a person: control characters as escapes, Japanese text as it is."""
+    text = data.decode("utf-8", "replace")
+    named = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+    return "".join(named.get(c, f"\\x{ord(c):02x}") if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 else c
+                   for c in text)
+
+
+def local_address_towards(address: str, port: int) -> str:
+    """The IP this PC would use to reach the server; a UDP connect sends no packet."""
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect((address, port))
+        return probe.getsockname()[0]
+    return "127.0.0.1"
+
+
+def preview_message(sender: Sender, kind: str, record: Record) -> tuple:
+    """The bytes a real send would put on the wire for one record, and whether it would be cut."""
+    if isinstance(sender, HecSender):
+        return sender.envelope(kind, record), False
+    settings = sender.settings
+    messages, cut = sender.messages(kind, [record], local_address_towards(settings.address, settings.port))
+    return frame(messages[0], settings.framing if settings.protocol != "UDP" else "none"), bool(cut)
+
+
+def run_dry_send(options: Options, config: Config, settings) -> int:
+    style = LeefStyle.from_config(config)
+    sender = SENDERS[options.siem](settings, config)
+    limit = getattr(settings, "max_message", None)
+    with Store(config.store_path) as store:
+        store.check_schema(options.kinds)
+        checkpoint = Checkpoint(config, options.startdate)   # read, never saved
+        for kind in options.kinds:
+            spec = KIND_SPECS[kind]
+            after, how = checkpoint.start(store, spec)
+            count = cut = 0
+            for record in KindReader(store, spec, config.severity, style).records(after_id=after):
+                message, was_cut = preview_message(sender, kind, record)
+                if count < 3:
+                    say(f"  {kind} #{count + 1}: {visible(message)}")
+                if was_cut:
+                    say(f"  warning: {kind} id {record.id} is longer than MaxMessageSize ({limit} bytes) "
+                        f"and would be cut")
+                count += 1
+                cut += was_cut
+            say(f"{kind}: {count} records would be sent ({how}), {cut} would be cut; dry run: nothing sent")
+    return EXIT_OK
+
+
+def certificate_lines(der: bytes) -> list:
+    """Subject, names, issuer, validity and SHA-256 of a server certificate, for people."""
+    fingerprint = hashlib.sha256(der).hexdigest().upper()
+    lines = []
+    decode = getattr(getattr(ssl, "_ssl", None), "_test_decode_cert", None)
+    if decode:
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "cert.pem")
+            with open(path, "w", encoding="ascii") as f:
+                f.write(ssl.DER_cert_to_PEM_cert(der))
+            with contextlib.suppress(Exception):
+                info = decode(path)
+                name = lambda field: ", ".join(f"{k}={v}" for rdn in info.get(field, ()) for k, v in rdn)
+                lines += [f"subject:   {name('subject')}",
+                          f"names:     {', '.join(v for _k, v in info.get('subjectAltName', ())) or '(none)'}",
+                          f"issuer:    {name('issuer')}",
+                          f"valid:     {info.get('notBefore')} to {info.get('notAfter')}"]
+    lines.append("SHA-256:   " + ":".join(fingerprint[i:i + 2] for i in range(0, 64, 2)))
+    return lines
+
+
+def fetch_certificate(address: str, port: int, timeout: float) -> Optional[bytes]:
+    """The server's certificate WITHOUT verification, only to show it to the admin."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with contextlib.suppress(OSError), socket.create_connection((address, port), timeout=timeout) as sock:
+        with context.wrap_socket(sock, server_hostname=address) as tls:
+            return tls.getpeercert(binary_form=True)
+    return None
+
+
+def check_tls(label: str, tls: TlsClient, address: str, port: int, timeout: float) -> list:
+    """Handshake as a send would; show the certificate, and why it is refused if it is."""
+    dial = lambda: socket.create_connection((address, port), timeout=timeout)
+    try:
+        connection = tls.connect(dial, timeout)
+    except SiemError as e:
+        der = fetch_certificate(address, port, timeout)
+        shown = certificate_lines(der) if der else ["certificate: none (no TLS answer)"]
+        return shown + [f"verification FAILED: {str(e)[len(label) + 2:]}"]
+    with connection:
+        shown = [f"TLS:       {connection.version()}, {connection.cipher()[0]}"]
+        shown += certificate_lines(connection.getpeercert(binary_form=True))
+    how = "exactly the certificate in CertFile" if tls.pinned else f"issued for {tls.server_name or address}"
+    return shown + [f"verification: OK ({how})"]
+
+
+def check_syslog(settings: SyslogSettings) -> tuple:
+    """(problem or None, lines) for QRadar or rsyslog."""
+    s = settings
+    try:
+        socket.getaddrinfo(s.address, s.port)
+    except OSError as e:
+        return f"{s.label}: {describe_os_error(e)}", []
+    if s.protocol == "UDP":
+        return None, [f"UDP:       {s.address} resolves; UDP cannot confirm delivery: look for the messages "
+                      f"on the server"]
+    if s.protocol == "TCP":
+        try:
+            socket.create_connection((s.address, s.port), timeout=s.timeout).close()
+        except OSError as e:
+            return f"{s.label}: {describe_os_error(e)}", []
+        return None, ["TCP:       connected"]
+    tls = TlsClient(s.cert_file, s.server_name, s.address, s.label)
+    lines = check_tls(s.label, tls, s.address, s.port, s.timeout)
+    failed = lines[-1].startswith("verification FAILED")
+    return (f"{s.label}: {lines[-1][len('verification FAILED: '):]}" if failed else None), lines
+
+
+def check_splunk(settings: SplunkSettings, config: Config) -> tuple:
+    """Health, then the token, without indexing anything: an empty POST answers code 5 for a
+    good token and 4 for a bad one."""
+    sender = HecSender(settings, config.facility, os.path.join(config.folder, "quarantine"))
+    lines = check_tls(settings.label, sender.tls, settings.address, settings.port, settings.timeout)
+    if lines[-1].startswith("verification FAILED"):
+        return f"{settings.label}: {lines[-1][len('verification FAILED: '):]}", lines
+    with sender:
+        try:
+            health = sender.session.get(sender.base_url + "/health", timeout=settings.timeout,
+                                        verify=sender.tls.cert_file or True)
+            lines.append(f"health:    HTTP {health.status_code} {hec_answer(health).get('text', '')}")
+            answer, _retry = sender.try_post("/event", b"", "")
+        except requests.exceptions.RequestException as e:
+            return f"{settings.label}: cannot reach HEC ({describe_requests_error(e)})", lines
+        except SiemError as e:
+            return str(e), lines
+    if isinstance(answer, dict) and answer.get("code") == 5:
+        return None, lines + ["token:     accepted"]
+    problem = explain_hec_code(answer) if isinstance(answer, dict) else answer
+    return f"{settings.label}: {problem}", lines + ["token:     REFUSED"]
+
+
+def run_check(options: Options, config: Config) -> int:
+    settings = config.siem_settings(options.siem)
+    say(f"config:    {config.path}")
+    say(f"log store: {config.store_path}")
+    problems = []
+    try:
+        with Store(config.store_path) as store:
+            store.check_schema(options.kinds)
+            checkpoint = Checkpoint(config, None)
+            for kind in options.kinds:
+                spec = KIND_SPECS[kind]
+                after, how = checkpoint.start(store, spec)
+                waiting = store.query(f"SELECT count(*) FROM {spec.table} WHERE id > ?", [after])[0][0]
+                say(f"waiting:   {kind}: {waiting} records ({how})")
+    except StoreError as e:
+        say(f"log store: FAILED: {e}")
+        problems.append(e)
+    say(f"SIEM:      {settings.label}")
+    problem, lines = check_splunk(settings, config) if options.siem == "splunk" else check_syslog(settings)
+    for line in lines:
+        say(f"  {line}")
+    if problem:
+        problems.append(SiemError(problem))
+    if problems:
+        raise problems[0] if len(problems) == 1 else type(problems[0])(
+            f"{problems[0]} (and: {'; '.join(map(str, problems[1:]))})")
+    say("result:    all checks passed")
+    return EXIT_OK
+
+
 # --- main --------------------------------------------------------------------
 
-COMMANDS = {"export": run_export, "send": run_send}
+COMMANDS = {"export": run_export, "send": run_send, "check": run_check}
 
 
 def start_debug_log(options: Options, argv: Sequence[str]) -> None:
