@@ -35,7 +35,7 @@ COMMAND_LINES = [
      "--startdate '2020-13-01': not a time; write \"yyyy-MM-dd HH:mm:ss\", e.g. \"2020-07-10 17:01:08\""),
     (["send", "--siem=arcsight", "--log=all"], "--siem=arcsight: unknown value; use one of qradar, splunk, rsyslog"),
     (["export", "--log=all"], "export needs --format; run 'siem_tool -h' for the usage"),
-    (["frobnicate"], "the first word must be export or send; run 'siem_tool -h' for the usage"),
+    (["frobnicate"], "the first word must be export, send or check; run 'siem_tool -h' for the usage"),
     (["export", "--log=all", "--format=csv", "--bogus"], "unknown option --bogus; run 'siem_tool -h' for the options"),
 ]
 
