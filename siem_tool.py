@@ -286,7 +286,10 @@ def resolve_config_path(value: Optional[str]) -> str:
     """--config, or config.ini in siem_tool.py's own folder, as SIEM-Tool.exe found its own."""
     if value:
         return os.path.abspath(value)
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "config.ini")
+    folder = os.path.dirname(os.path.abspath(__file__))
+    if os.path.isfile(folder):     # running from siem_tool.pyz: config.ini stands beside the archive
+        folder = os.path.dirname(folder)
+    return os.path.join(folder, "config.ini")
 
 
 # --- config ------------------------------------------------------------------
@@ -960,6 +963,11 @@ class Store:
                 return
             after_id = rows[-1][0]
 
+    def count(self, spec: KindSpec, where: str = "", params: Sequence = (), after_id: int = 0) -> int:
+        sql = (f"SELECT count(*) FROM {spec.source} WHERE {spec.alias}.id > ?"
+               f"{' AND ' + where if where else ''}")
+        return self.query(sql, [after_id, *params])[0][0]
+
     def first_id_since(self, spec: KindSpec, imported_utc: str) -> Optional[int]:
         """The id from which rows imported at or after that UTC time start (None: there are none)."""
         rows = self.query(f"SELECT min(id) FROM {spec.table} WHERE imported_at >= ?", [imported_utc])
@@ -1290,6 +1298,19 @@ def output_file(path: str, encoding: str):
         raise
 
 
+def with_progress(records: Iterator[Record], total: Callable[[], int], label: str) -> Iterator[Record]:
+    """A progress bar on stderr when a person watches (stdout is a terminal) and tqdm is
+    installed; nothing in a scheduled task."""
+    if not sys.stdout.isatty():
+        return records
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return records
+    return tqdm(records, total=total(), desc=label, unit=" records", leave=False, file=sys.stderr,
+                mininterval=0.5)
+
+
 def write_records(f, records: Iterable[Record], line_end: str) -> int:
     count = 0
     for record in records:
@@ -1310,6 +1331,7 @@ def run_export(options: Options, config: Config) -> int:
             where, params = export_filter(spec, options)
             csv_wanted = options.format == "csv"
             records = KindReader(store, spec, config.severity, None if csv_wanted else style).records(where, params)
+            records = with_progress(records, lambda: store.count(spec, where, params), kind)
             path = new_file_name(folder, kind, stamp, options.format)
             with output_file(path, "utf-8-sig" if csv_wanted else "utf-8") as f:
                 if csv_wanted:
@@ -2161,6 +2183,7 @@ def send_kind(store: Store, spec: KindSpec, config: Config, style: LeefStyle, se
     after, report.how = checkpoint.start(store, spec)
     log.debug("%s: sending %s", spec.name, report.how)
     records = KindReader(store, spec, config.severity, style).records(after_id=after)
+    records = with_progress(records, lambda: store.count(spec, after_id=after), spec.name)
     try:
         for batch in batches(records):
             try:
