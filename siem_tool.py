@@ -579,7 +579,7 @@ def masked_config(config: Config) -> dict:
 MONTH_NAMES = ("January", "February", "March", "April", "May", "June", "July",
                "August", "September", "October", "November", "December")
 DAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
-STORE_TIME = re.compile(r"(\d{4})-(\d\d)-(\d\d)[ T](\d\d):(\d\d):(\d\d)(?:\.(\d{1,6}))?", re.ASCII)
+STORE_TIME = re.compile(r"(\d{4})-(\d\d)-(\d\d) (\d\d):(\d\d):(\d\d)", re.ASCII)
 
 # Java pattern letters -> how to write them. Names are English on purpose: a Japanese
 # Windows locale must not turn "Jul" into "7月" in a SIEM that parses English.
@@ -662,17 +662,15 @@ JAVA_SQL = {
     "hh": _hour12_sql(True), "h": _hour12_sql(False),
     "mm": "substr({e},15,2)", "m": "CAST(substr({e},15,2) AS INTEGER)",
     "ss": "substr({e},18,2)", "s": "CAST(substr({e},18,2) AS INTEGER)",
-    "SSS": "substr(substr({e},21) || '000', 1, 3)",
+    "SSS": "'000'",
     "a": "CASE WHEN substr({e},12,2) < '12' THEN 'AM' ELSE 'PM' END",
     "EEEE": _names_sql("strftime('%w', substr({e},1,10))", DAYS_BY_SQLITE_NUMBER),
     "EEE": _names_sql("strftime('%w', substr({e},1,10))", {k: v[:3] for k, v in DAYS_BY_SQLITE_NUMBER.items()}),
 }
 # What parse_store_time accepts, as SQL: the shape, a real day, a real time of day.
-VALID_TIME_SQL = ("({e} GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9][ T][0-9][0-9]:[0-9][0-9]:[0-9][0-9]*'"
-                  " AND substr({e},1,4) > '0000' AND date(substr({e},1,10), '+0 days') IS substr({e},1,10)"
-                  " AND substr({e},12,2) < '24' AND substr({e},15,2) < '60' AND substr({e},18,2) < '60'"
-                  " AND (length({e}) = 19 OR (substr({e},20,1) = '.' AND length({e}) BETWEEN 21 AND 26"
-                  " AND substr({e},21) NOT GLOB '*[^0-9]*')))")
+# What parse_store_time accepts, as SQL: the schema's exact form and a real moment (SQLite
+# moves 2021-02-29 or 24:00:00 to the next day, so they differ from themselves).
+VALID_TIME_SQL = "(datetime({e}, '+0 days') IS {e} AND {e} >= '0001')"
 
 
 def java_time_sql(pattern: str, expr: str, raw: Optional[str] = None) -> Optional[str]:
@@ -690,7 +688,8 @@ def java_time_sql(pattern: str, expr: str, raw: Optional[str] = None) -> Optiona
         else:
             return None
     rendered = " || ".join(parts or ["''"])
-    return f"CASE WHEN {VALID_TIME_SQL} THEN {rendered} ELSE {raw or text_sql(expr)} END".replace("{e}", expr)
+    text = text_sql(expr)   # what Python would see: a BLOB or a number as its text
+    return f"CASE WHEN {VALID_TIME_SQL} THEN {rendered} ELSE {raw or text} END".replace("{e}", text)
 
 
 def parse_store_time(text) -> Optional[dt.datetime]:
@@ -698,9 +697,8 @@ def parse_store_time(text) -> Optional[dt.datetime]:
     match = STORE_TIME.fullmatch(text) if isinstance(text, str) else None
     if not match:
         return None
-    y, mo, d, h, mi, s, frac = match.groups()
     try:
-        return dt.datetime(int(y), int(mo), int(d), int(h), int(mi), int(s), int((frac or "0").ljust(6, "0")))
+        return dt.datetime(*map(int, match.groups()))
     except ValueError:
         return None
 

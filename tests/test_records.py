@@ -129,7 +129,8 @@ ANY_VALUE = st.one_of(
     st.none(), st.integers(-2**63, 2**63 - 1), st.floats(allow_nan=False), st.text(max_size=40),
     st.text(alphabet=st.sampled_from("\t\r\n\x00\x1f\x7f\x85\u2028\u2029|=\\\"',;^ a日-+@"), max_size=20),
     st.binary(max_size=12),  # invalid UTF-8 in a TEXT column
-    st.sampled_from(["2020-07-10 17:01:08", "2020-02-31 00:00:00", "2020-07-10T17:01:08.5", "=1+1"]))
+    st.sampled_from(["2020-07-10 17:01:08", "2020-02-31 00:00:00", "2020-07-10T17:01:08.5", "=1+1",
+                     "2021-02-29 10:00:00", "2020-07-10 24:00:00", "0000-01-01 00:00:00", "2020-07-10 17:01:08 "]))
 
 
 def one_record(spec, draw, tmp_path_factory, style):
