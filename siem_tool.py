@@ -734,20 +734,20 @@ class KindSpec:
     time_expr: str
     ip_expr: str
 
-    def select_list(self, time_pattern: Optional[str] = None, neutralise: bool = False) -> str:
-        """id, import time, HEC's host and time, the event id's inputs, then every value as text:
-        times written in time_pattern (raw when None), cells neutralised for spreadsheets."""
+    def select_list(self, time_pattern: Optional[str] = None) -> str:
+        """id, import time, HEC's host and time, the event id's inputs, then every value as text,
+        times written in time_pattern (raw when None)."""
         columns = [f"{self.alias}.id", f"{self.alias}.imported_at", self.host_expr, self.time_expr,
                    *self.event_exprs]
         for _key, role, expr in self.fields:
-            raw = neutralised_sql(text_sql(expr)) if neutralise else text_sql(expr)
+            raw = text_sql(expr)
             if role == VALUE:
                 columns.append(raw)
             elif role == TIME:
                 columns.append(java_time_sql(time_pattern, expr, raw) if time_pattern else raw)
         return ", ".join(columns)
 
-    @property
+    @functools.cached_property
     def sev_at(self) -> int:
         """How many values come before sev (devTime in scans and detections)."""
         roles = [role for _key, role, _expr in self.fields if role != FORMAT]
@@ -761,14 +761,6 @@ class KindSpec:
 def text_sql(expr: str) -> str:
     """Any column as text in SQL (NULL as ''), so that Python gets strings only."""
     return f"coalesce(CAST({expr} AS TEXT), '')"
-
-
-def neutralised_sql(value: str) -> str:
-    """OWASP's CSV injection rule in SQL: a cell that starts like a formula gets a leading ',
-    unless it is a plain number. Cells come from scanned, possibly hostile endpoints."""
-    return (f"CASE WHEN substr({value},1,1) IN ('=','+','-','@',char(9),char(13)) AND NOT "
-            f"({value} GLOB '[-+][0-9]*' AND substr({value},2) NOT GLOB '*[^0-9.]*') "
-            f"THEN '''' || {value} ELSE {value} END")
 
 
 def as_int(value) -> Optional[int]:
@@ -1138,19 +1130,34 @@ def csv_header(spec: KindSpec) -> list:
     return [key for key, role, _expr in spec.fields if role != FORMAT]
 
 
-def render_csv(spec: KindSpec, values: Sequence[str], event_id: int, sev: int) -> str:
-    """A record as one CSV row with CRLF; times and formula neutralisation come from the SQL."""
-    out = io.StringIO(newline="")
-    csv.writer(out, lineterminator="\r\n").writerow(
-        clean_value(v) for v in with_sev_and_event(spec, values, sev, event_id))
-    return out.getvalue()
+# A cell that starts like a formula gets a leading ' (OWASP, CSV injection), unless it is a
+# plain number: application names and paths come from scanned, possibly hostile endpoints.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+PLAIN_NUMBER = re.compile(r"[-+][0-9][0-9.]*").fullmatch
+CONTROL = re.compile("[\x00-\x1e\x7f-\x9f\u2028\u2029]").search
+FORMULA_AFTER_SEPARATOR = re.compile("\x1f[-=+@]").search
+
+
+def csv_cell(raw: str) -> str:
+    text = clean_value(raw)
+    return "'" + text if raw.startswith(FORMULA_START) and not PLAIN_NUMBER(raw) else text
+
+
+def csv_cells(spec: KindSpec, values: Sequence[str], event_id: int, sev: int) -> tuple:
+    """The cells of a CSV row; one search over the row finds the rare cell to clean or neutralise."""
+    joined = "\x1f".join(values)   # one search per row instead of one per cell
+    if (CONTROL(joined) or FORMULA_AFTER_SEPARATOR(joined) or joined[:1] in ("-", "=", "+", "@")
+            or joined.count("\x1f") != len(values) - 1):
+        values = [csv_cell(v) for v in values]
+    at = spec.sev_at
+    return (*values[:at], sev, event_id, *values[at:])
 
 
 # --- the same renderings, done by SQLite -------------------------------------
 # Python pays for every value it touches, so the common case is built by SQLite as two texts
 # per record, the attributes before sev and those after eventId; Python adds sev and eventId
 # and checks the line once. A record with a character to clean (rare) is rendered again by
-# render_leef / render_csv from its values: both paths give the same bytes (tested).
+# render_leef from its values: both paths give the same bytes (tested).
 
 def leef_halves_sql(spec: KindSpec, style: LeefStyle) -> tuple:
     delimiter = sql_literal(style.delimiter)
@@ -1171,48 +1178,21 @@ def leef_halves_sql(spec: KindSpec, style: LeefStyle) -> tuple:
     return head, tail
 
 
-def csv_cell_sql(expr: str, role: str) -> str:
-    """RFC 4180 quoting of a neutralised cell (a cell with CR or LF is cleaned in Python instead);
-    a well-formed time needs neither, so only its raw branch pays for them."""
-    raw = neutralised_sql(text_sql(expr))
-    quoted = f"""(CASE WHEN instr({raw}, ',') OR instr({raw}, '"') THEN '"' || replace({raw}, '"', '""') || '"' ELSE {raw} END)"""
-    return java_time_sql(CSV_TIME_FORMAT, expr, quoted) if role == TIME else quoted
-
-
-def csv_halves_sql(spec: KindSpec) -> tuple:
-    before, after, target = [], [], None
-    target = before
-    for _key, role, expr in spec.fields:
-        if role == SEV:
-            target = None
-        elif role == EVENT:
-            target = after
-        elif role != FORMAT:
-            target.append(csv_cell_sql(expr, role))
-    head = " || ".join(f"{part} || ','" for part in before) or "''"
-    tail = " || ".join(f"',' || {part}" for part in after) or "''"
-    return head, tail
-
-
-CSV_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]").search
-
-
 class KindReader:
-    """Reads one kind from the store as rendered records: LEEF in a style, or CSV (style None)."""
+    """Reads one kind from the store as rendered LEEF records in a style, or as CSV (style None)."""
 
     def __init__(self, store: Store, spec: KindSpec, severity: dict, style: Optional[LeefStyle]):
         self.store, self.spec, self.severity, self.style = store, spec, severity, style
         meta = [f"{spec.alias}.id", f"{spec.alias}.imported_at", spec.host_expr, spec.time_expr, *spec.event_exprs]
         self.fast = style is None or style.sql_times
-        if style is None:
-            self.values_select = spec.select_list(CSV_TIME_FORMAT, neutralise=True)
-            halves = csv_halves_sql(spec)
+        if style is None:       # csv.writer quotes in C faster than SQL can
+            self.values_select = self.select = spec.select_list(CSV_TIME_FORMAT)
+            return
         else:
             self.values_select = spec.select_list(style.time_format if style.sql_times else None)
             halves = leef_halves_sql(spec, style)
         self.select = ", ".join(meta + list(halves)) if self.fast else self.values_select
-        if style is not None:
-            self.separators = len(spec.fields) - 1
+        self.separators = len(spec.fields) - 1
 
     def records(self, where: str = "", params: Sequence = (), after_id: int = 0) -> Iterator[Record]:
         n_event = len(self.spec.event_exprs)
@@ -1227,12 +1207,36 @@ class KindReader:
                 yield Record(self.spec.name, row[0], row[1], as_text(row[2]) or None, as_text(row[3]) or None,
                              event_id, sev, line)
 
+    def csv_pages(self, where: str = "", params: Sequence = ()) -> Iterator[tuple]:
+        """(count, text) per page of CSV rows, each ended by CRLF."""
+        spec, n_event = self.spec, len(self.spec.event_exprs)
+        for rows in self.store.pages(spec, self.select, where, params):
+            out = io.StringIO(newline="")
+            cells = []
+            for row in rows:
+                event_id = spec.event_id(*row[4:4 + n_event])
+                cells.append(csv_cells(spec, row[4 + n_event:], event_id, self.severity[event_id]))
+            csv.writer(out, lineterminator="\r\n").writerows(cells)
+            yield len(rows), out.getvalue()
+
+    def leef_pages(self, where: str = "", params: Sequence = ()) -> Iterator[tuple]:
+        """(count, text) per page of LEEF lines, each ended by LF."""
+        lines = []
+        for record in self.records(where, params):
+            lines.append(record.line)
+            if len(lines) == STORE_PAGE:
+                yield len(lines), "\n".join(lines) + "\n"
+                lines = []
+        if lines:
+            yield len(lines), "\n".join(lines) + "\n"
+
+    def texts(self, where: str = "", params: Sequence = ()) -> Iterator[tuple]:
+        """What an export writes: (records, text) per page."""
+        return self.csv_pages(where, params) if self.style is None else self.leef_pages(where, params)
+
     def join(self, head: str, tail: str, event_id: int, sev: int) -> Optional[str]:
         """The line from SQLite's halves, or None when a value needs cleaning."""
         style = self.style
-        if style is None:
-            line = f"{head}{sev},{event_id}{tail}\r\n"
-            return None if CSV_UNSAFE(line, 0, len(line) - 2) else line
         d = style.delimiter
         body = f"{head}sev={sev}{d}eventId={event_id}{tail}"
         if body.count(d) != self.separators or style.unsafe(body):
@@ -1240,8 +1244,6 @@ class KindReader:
         return style.headers[event_id] + body
 
     def render(self, values: Sequence[str], event_id: int, sev: int) -> str:
-        if self.style is None:
-            return render_csv(self.spec, values, event_id, sev)
         return render_leef(self.spec, values, event_id, sev, self.style)
 
     def render_again(self, record_id: int, event_id: int, sev: int) -> str:
@@ -1296,24 +1298,30 @@ def output_file(path: str, encoding: str):
         raise
 
 
-def with_progress(records: Iterator[Record], total: Callable[[], int], label: str) -> Iterator[Record]:
+def with_progress(items: Iterator, total: Callable[[], int], label: str,
+                  weight: Callable = lambda item: 1) -> Iterator:
     """A progress bar on stderr when a person watches (stdout is a terminal) and tqdm is
     installed; nothing in a scheduled task."""
     if not sys.stdout.isatty():
-        return records
+        return items
     try:
         from tqdm import tqdm
     except ImportError:
-        return records
-    return tqdm(records, total=total(), desc=label, unit=" records", leave=False, file=sys.stderr,
-                mininterval=0.5)
+        return items
+
+    def counted() -> Iterator:
+        with tqdm(total=total(), desc=label, unit=" records", leave=False, file=sys.stderr, mininterval=0.5) as bar:
+            for item in items:
+                yield item
+                bar.update(weight(item))
+    return counted()
 
 
-def write_records(f, records: Iterable[Record], line_end: str) -> int:
+def write_pages(f, pages: Iterable[tuple]) -> int:
     count = 0
-    for record in records:
-        f.write(record.line + line_end)
-        count += 1
+    for records, text in pages:
+        f.write(text)
+        count += records
     return count
 
 
@@ -1328,13 +1336,13 @@ def run_export(options: Options, config: Config) -> int:
             started = time.monotonic()
             where, params = export_filter(spec, options)
             csv_wanted = options.format == "csv"
-            records = KindReader(store, spec, config.severity, None if csv_wanted else style).records(where, params)
-            records = with_progress(records, lambda: store.count(spec, where, params), kind)
+            pages = KindReader(store, spec, config.severity, None if csv_wanted else style).texts(where, params)
+            pages = with_progress(pages, lambda: store.count(spec, where, params), kind, weight=lambda page: page[0])
             path = new_file_name(folder, kind, stamp, options.format)
             with output_file(path, "utf-8-sig" if csv_wanted else "utf-8") as f:
                 if csv_wanted:
                     csv.writer(f, lineterminator="\r\n").writerow(csv_header(spec))
-                count = write_records(f, records, "" if csv_wanted else "\n")
+                count = write_pages(f, pages)
             log.debug("%s: %d records in %.2f s -> %s", kind, count, time.monotonic() - started, path)
             say(f"{kind}: {count} records -> {path}")
     return EXIT_OK
