@@ -984,13 +984,17 @@ def check_store_file(path: str) -> None:
         raise StoreError(f"log store {path}: not an SQLite log store; check InstalledFolder in config.ini")
 
 
-def fold_text(value) -> Optional[str]:
-    return value.casefold() if isinstance(value, str) else None
+# The filter functions get the column's bytes (CAST AS BLOB): SQLite would hand a Python
+# function a str, and a buggy endpoint's invalid UTF-8 would make that raise mid-export.
+def fold_text(value: Optional[bytes]) -> Optional[str]:
+    return None if value is None else tolerant_text(value).casefold()
 
 
-def ipv4_number(value) -> Optional[int]:
+def ipv4_number(value: Optional[bytes]) -> Optional[int]:
+    if value is None:
+        return None
     try:
-        return int(ipaddress.IPv4Address(str(value).strip()))
+        return int(ipaddress.IPv4Address(tolerant_text(value).strip()))
     except ValueError:
         return None
 
@@ -1002,13 +1006,13 @@ def export_filter(spec: KindSpec, options: Options) -> tuple:
         clauses.append(f"{spec.time_expr} >= ? AND {spec.time_expr} < ?")
         params += list(options.date_range)
     if options.ip:
-        clauses.append(f"siem_ipv4({spec.ip_expr}) = ?")
+        clauses.append(f"siem_ipv4(CAST({spec.ip_expr} AS BLOB)) = ?")
         params.append(int(ipaddress.IPv4Address(options.ip)))
     if options.network:
-        clauses.append(f"siem_ipv4({spec.ip_expr}) BETWEEN ? AND ?")
+        clauses.append(f"siem_ipv4(CAST({spec.ip_expr} AS BLOB)) BETWEEN ? AND ?")
         params += [int(options.network.network_address), int(options.network.broadcast_address)]
     if options.hostname:
-        clauses.append(f"siem_fold({spec.host_expr}) = ?")
+        clauses.append(f"siem_fold(CAST({spec.host_expr} AS BLOB)) = ?")
         params.append(options.hostname.casefold())
     return " AND ".join(clauses), params
 
