@@ -276,7 +276,7 @@ def parse_network(value: str) -> ipaddress.IPv4Network:
 
 def parse_startdate(value: str, where: str) -> str:
     try:
-        return dt.datetime.strptime(value.strip(), STARTDATE_FORMAT).strftime(STARTDATE_FORMAT)
+        return store_time_text(dt.datetime.strptime(value.strip(), STARTDATE_FORMAT))
     except ValueError:
         raise UsageError(f"{where} '{value}': not a time; write \"yyyy-MM-dd HH:mm:ss\", "
                          f"e.g. \"2020-07-10 17:01:08\"") from None
@@ -538,6 +538,9 @@ def splunk_settings(config: Config) -> SplunkSettings:
     token = section.values.get("token", "").strip()
     if not token:
         raise section.fail("Token", "missing or empty; paste the HEC token from Splunk's Settings > Data inputs")
+    if not re.fullmatch(r"[!-~]+", token):   # it goes into an HTTP header: visible ASCII only
+        raise section.fail("Token", "holds a space, a line break, a control or a full-width character, which "
+                                    "no HEC token has; paste it again from Splunk's Settings > Data inputs, on one line")
     cert_file = section.path_value("CertFile")
     if cert_file and not os.path.isfile(cert_file):
         raise section.fail("CertFile", f"{cert_file} not found; copy Splunk's CA certificate there")
@@ -605,9 +608,19 @@ JAVA_TOKEN = re.compile(r"""
 """, re.VERBOSE)
 
 
+# Endpoint clocks reach the calendar's ends (0001-01-01, 9999-12-31), where asking for the
+# zone, or converting, steps outside what datetime can hold: ask a day inside instead.
+CALENDAR_INSIDE = (dt.datetime(1, 1, 2), dt.datetime(9999, 12, 30))
+
+
+def local_zone(moment: dt.datetime) -> dt.tzinfo:
+    """This PC's zone, as a fixed offset, at a naive local moment."""
+    return min(max(moment, CALENDAR_INSIDE[0]), CALENDAR_INSIDE[1]).astimezone().tzinfo
+
+
 def local_offset(t: dt.datetime, colon: bool) -> str:
     """This PC's UTC offset at t: the store's endpoint times carry no zone of their own."""
-    offset = t.astimezone().utcoffset() or dt.timedelta(0)
+    offset = local_zone(t).utcoffset(None) or dt.timedelta(0)
     if colon and not offset:
         return "Z"
     sign = "-" if offset < dt.timedelta(0) else "+"
@@ -703,17 +716,29 @@ def parse_store_time(text) -> Optional[dt.datetime]:
         return None
 
 
+def store_time_text(moment: dt.datetime) -> str:
+    """'yyyy-MM-dd HH:mm:ss' with a four-digit year: strftime writes year 1 as '1'."""
+    return f"{moment.year:04d}-{moment:%m-%d %H:%M:%S}"
+
+
 def local_to_utc_text(local_text: str) -> str:
     """A Startdate (this PC's local time) as the store's imported_at (UTC) text."""
     local = dt.datetime.strptime(local_text, STARTDATE_FORMAT)
-    return local.astimezone(dt.timezone.utc).strftime(STARTDATE_FORMAT)
+    try:
+        utc = local.replace(tzinfo=local_zone(local)).astimezone(dt.timezone.utc)
+    except OverflowError:   # a Startdate at the calendar's very end: it means the end
+        return store_time_text(dt.datetime.min if local.year == 1 else dt.datetime.max)
+    return store_time_text(utc)
 
 
 def utc_to_local_text(utc_text: str) -> str:
     utc = parse_store_time(utc_text)
     if utc is None:
         return ""
-    return utc.replace(tzinfo=dt.timezone.utc).astimezone().strftime(STARTDATE_FORMAT)
+    try:
+        return store_time_text(utc.replace(tzinfo=dt.timezone.utc).astimezone(local_zone(utc)))
+    except OverflowError:
+        return store_time_text(utc)
 
 
 # --- store -------------------------------------------------------------------
@@ -963,6 +988,16 @@ class Store:
         rows = self.query(f"SELECT min(id) FROM {spec.table} WHERE imported_at >= ?", [imported_utc])
         return rows[0][0]
 
+    def first_id_reused(self, spec: KindSpec, after: int, imported_utc: str) -> Optional[int]:
+        """The first id at or below `after` that a row imported later than `imported_utc` holds:
+        after a purge of the newest rows SQLite hands their ids out again (INTEGER PRIMARY KEY
+        without AUTOINCREMENT). None in the usual case, where the row `after` is still the one sent."""
+        same = self.query(f"SELECT 1 FROM {spec.table} WHERE id = ? AND imported_at IS ?", [after, imported_utc])
+        if same:
+            return None
+        first = self.query(f"SELECT min(id) FROM {spec.table} WHERE imported_at > ?", [imported_utc])[0][0]
+        return first if first is not None and first <= after else None
+
     def max_id(self, spec: KindSpec) -> int:
         return self.query(f"SELECT coalesce(max(id), 0) FROM {spec.table}", [])[0][0]
 
@@ -1135,9 +1170,10 @@ def csv_header(spec: KindSpec) -> list:
 
 
 # A cell that starts like a formula gets a leading ' (OWASP, CSV injection), unless it is a
-# plain number: application names and paths come from scanned, possibly hostile endpoints.
+# plain number (as SQLite writes one: -5, -1.5e+18, -Inf): application names and paths come
+# from scanned, possibly hostile endpoints.
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-PLAIN_NUMBER = re.compile(r"[-+][0-9][0-9.]*").fullmatch
+PLAIN_NUMBER = re.compile(r"[-+](?:[0-9][0-9.]*(?:e[-+]?[0-9]+)?|Inf)", re.IGNORECASE).fullmatch
 CONTROL = re.compile("[\x00-\x1e\x7f-\x9f\u2028\u2029]").search
 FORMULA_AFTER_SEPARATOR = re.compile("\x1f[-=+@]").search
 
@@ -1775,7 +1811,7 @@ class HecSender(Sender):
                 return self.try_post(path, body, content_encoding)
             raise SiemError(f"{s.label}: {explain_requests_tls_error(e, self.tls)}") from None
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
-            return f"cannot reach HEC ({describe_requests_error(e)})", None
+            return f"cannot reach HEC: {describe_requests_error(e, s.timeout)}", None
         answer = hec_answer(response)
         log.debug("HEC %s: HTTP %d %s", path, response.status_code, answer)
         code = answer.get("code")
@@ -1863,7 +1899,7 @@ def hec_time(text: Optional[str], zone: Optional[dt.tzinfo]) -> Optional[float]:
     moment = parse_store_time(text)
     if moment is None:
         return None
-    moment = moment.replace(tzinfo=zone) if zone else moment.astimezone()
+    moment = moment.replace(tzinfo=zone or local_zone(moment))
     epoch = moment.timestamp()
     return int(epoch) if epoch == int(epoch) else round(epoch, 3)
 
@@ -1913,18 +1949,24 @@ def explain_hec_code(answer: dict) -> str:
     return f"HEC refused the data with code {code} \"{text}\"; {advice}"
 
 
+def is_wrapper(e: BaseException) -> bool:
+    """requests' and urllib3's own exceptions: some are OSErrors, but the why is inside them."""
+    return type(e).__module__.split(".")[0] in ("requests", "urllib3")
+
+
 def find_cause(e: BaseException, kind: type) -> Optional[BaseException]:
     """Dig the first exception of a kind out of requests' and urllib3's wrappers."""
     seen, todo = set(), [e]
     while todo:
         current = todo.pop()
-        if current is None or id(current) in seen:
+        if id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, kind):
+        if isinstance(current, kind) and not is_wrapper(current):
             return current
-        todo += [getattr(current, "reason", None), current.__cause__, current.__context__]
-        todo += [a for a in getattr(current, "args", ()) if isinstance(a, BaseException)]
+        inner = [getattr(current, "reason", None), current.__cause__, current.__context__,
+                 *getattr(current, "args", ())]
+        todo += [x for x in inner if isinstance(x, BaseException)]
     return None
 
 
@@ -1941,11 +1983,11 @@ def explain_requests_tls_error(e: requests.exceptions.SSLError, tls: TlsClient) 
     return f"TLS failed ({e}); check CertFile and TLSServerName"
 
 
-def describe_requests_error(e: Exception) -> str:
-    os_error = find_cause(e, OSError)
+def describe_requests_error(e: Exception, timeout: float) -> str:
     if isinstance(e, requests.exceptions.Timeout):
-        return "no answer in time"
-    return describe_os_error(os_error) if os_error else "connection failed"
+        return f"no answer within Timeout = {timeout:g} s; check the server's load, or raise Timeout in [Splunk]"
+    os_error = find_cause(e, OSError)
+    return describe_os_error(os_error) if os_error else "connection failed; check the network and the server"
 
 
 SENDERS = {
@@ -2055,6 +2097,11 @@ class Checkpoint:
         since = self.override or self.config.startdate
         if not self.override and self.valid(kind):
             after = int(self.kinds[kind]["id"])
+            reused = store.first_id_reused(spec, after, self.kinds[kind].get("imported_at"))
+            if reused is not None:
+                say(f"{kind}: the store gave ids from {reused} again to newer records (old ones purged); "
+                    f"sending from id {reused}")
+                return reused - 1, f"after id {reused - 1}"
             if after <= store.max_id(spec):
                 return after, f"after id {after}"
             say(f"{kind}: the store ends before id {after}, the last one sent (was it replaced?); "

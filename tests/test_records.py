@@ -204,5 +204,5 @@ def test_any_value_gives_one_csv_row_with_all_columns(kind, data, tmp_path_facto
     rows = list(csv.reader(io.StringIO(text, newline="")))
     assert len(rows) == 1 and len(rows[0]) == len(S.csv_header(spec))
     for cell in rows[0]:
-        assert not cell.startswith(("=", "+", "-", "@")) or re.fullmatch(r"[-+][0-9.]*", cell), cell
+        assert not cell.startswith(("=", "+", "-", "@")) or re.fullmatch(r"[-+](?:[0-9][0-9.]*(?:e[-+]?[0-9]+)?|Inf)", cell, re.I), cell
         assert not any(ch in cell for ch in "\x00\x1f\x7f\x85\u2028\u2029\t")
