@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import calendar
 import codecs
+import collections
+import concurrent.futures
 import configparser
 import contextlib
 import csv
@@ -58,6 +60,7 @@ import sqlite3
 import ssl
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import uuid
@@ -95,6 +98,7 @@ for _risk in range(3):
 RECORDS_PER_BATCH = 1000          # the resume point is saved at least this often
 BYTES_PER_BATCH = 1_000_000       # ... or this often, whichever comes first
 STORE_PAGE = 2000                 # rows read per query (keyset paging)
+RENDER_THREADS = 2                # pages read at once: SQLite renders without Python's lock
 
 EXIT_OK, EXIT_BUG, EXIT_USAGE, EXIT_STORE, EXIT_SIEM, EXIT_BUSY, EXIT_QUARANTINE = 0, 1, 2, 3, 4, 5, 6
 EXIT_INTERRUPTED = 130
@@ -649,13 +653,15 @@ def compile_java_time_pattern(pattern: str) -> Callable[[dt.datetime], str]:
     return lambda t: "".join(piece(t) for piece in pieces)
 
 
-def _names_sql(index_sql: str, names: dict) -> str:
-    whens = " ".join(f"WHEN '{key}' THEN '{name}'" for key, name in names.items())
-    return f"CASE {index_sql} {whens} END"
+def sql_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
-MONTHS_BY_NUMBER = {f"{i:02d}": name for i, name in enumerate(MONTH_NAMES, 1)}
-DAYS_BY_SQLITE_NUMBER = {str((i + 1) % 7): name for i, name in enumerate(DAY_NAMES)}  # %w: 0 is Sunday
+def _names_sql(number_sql: str, names: Sequence[str]) -> str:
+    """The name of a 1-based number, cut from one padded string: cheaper in SQL than a CASE."""
+    width = max(map(len, names))
+    table = sql_literal("".join(name.ljust(width) for name in names))
+    return f"rtrim(substr({table}, ({number_sql}) * {width} - {width - 1}, {width}))"
 
 
 def _hour12_sql(pad: bool) -> str:
@@ -665,11 +671,12 @@ def _hour12_sql(pad: bool) -> str:
 
 # The same pattern letters as SQL over a store time {e}: SQLite renders the times in C, which
 # keeps exports near the speed of the sqlite3 tool. Zones (Z, XXX) stay in Python.
+MONTH_SQL = "CAST(substr({e},6,2) AS INTEGER)"
+WEEKDAY_SQL = "(CAST(strftime('%w', substr({e},1,10)) AS INTEGER) + 6) % 7 + 1"   # %w: 0 is Sunday
 JAVA_SQL = {
     "yyyy": "substr({e},1,4)", "yy": "substr({e},3,2)",
-    "MMMM": _names_sql("substr({e},6,2)", MONTHS_BY_NUMBER),
-    "MMM": _names_sql("substr({e},6,2)", {k: v[:3] for k, v in MONTHS_BY_NUMBER.items()}),
-    "MM": "substr({e},6,2)", "M": "CAST(substr({e},6,2) AS INTEGER)",
+    "MMMM": _names_sql(MONTH_SQL, MONTH_NAMES), "MMM": _names_sql(MONTH_SQL, [m[:3] for m in MONTH_NAMES]),
+    "MM": "substr({e},6,2)", "M": MONTH_SQL,
     "dd": "substr({e},9,2)", "d": "CAST(substr({e},9,2) AS INTEGER)",
     "HH": "substr({e},12,2)", "H": "CAST(substr({e},12,2) AS INTEGER)",
     "hh": _hour12_sql(True), "h": _hour12_sql(False),
@@ -677,32 +684,65 @@ JAVA_SQL = {
     "ss": "substr({e},18,2)", "s": "CAST(substr({e},18,2) AS INTEGER)",
     "SSS": "'000'",
     "a": "CASE WHEN substr({e},12,2) < '12' THEN 'AM' ELSE 'PM' END",
-    "EEEE": _names_sql("strftime('%w', substr({e},1,10))", DAYS_BY_SQLITE_NUMBER),
-    "EEE": _names_sql("strftime('%w', substr({e},1,10))", {k: v[:3] for k, v in DAYS_BY_SQLITE_NUMBER.items()}),
+    "EEEE": _names_sql(WEEKDAY_SQL, DAY_NAMES), "EEE": _names_sql(WEEKDAY_SQL, [d[:3] for d in DAY_NAMES]),
 }
-# What parse_store_time accepts, as SQL: the shape, a real day, a real time of day.
 # What parse_store_time accepts, as SQL: the schema's exact form and a real moment (SQLite
 # moves 2021-02-29 or 24:00:00 to the next day, so they differ from themselves).
 VALID_TIME_SQL = "(datetime({e}, '+0 days') IS {e} AND {e} >= '0001')"
 
 
-def java_time_sql(pattern: str, expr: str, raw: Optional[str] = None) -> Optional[str]:
-    """SQL writing the store time `expr` as the pattern does, or `raw` (its text) if it is not
-    a time; None when the pattern needs Python (zones)."""
+# Where the fixed-width letters stand in a store time: runs of them with the store's own
+# separators between ("HH:mm:ss", "yyyy-MM-dd") become one substr.
+STORE_TIME_SHAPE = "yyyy-MM-dd HH:mm:ss"
+STORE_TIME_SLICES = {letters: (STORE_TIME_SHAPE.index(letters), len(letters))
+                     for letters in ("yyyy", "MM", "dd", "HH", "mm", "ss")}
+
+
+def java_time_parts(pattern: str) -> Optional[list]:
+    """The pattern as (literal, None), (None, (start, length)) slices of the store time and
+    ("", SQL) parts, adjacent slices merged; None when a letter needs Python (zones)."""
     parts = []
     for match in JAVA_TOKEN.finditer(pattern):
         quoted, letter = match.group(1), match.group(2)
         token = match.group(0)
         if quoted is not None or not letter:
             literal = (quoted.replace("''", "'") if quoted else "'") if quoted is not None else token
-            parts.append("'" + literal.replace("'", "''") + "'")
+            parts.append((literal, None))
+        elif token in STORE_TIME_SLICES:
+            parts.append((None, STORE_TIME_SLICES[token]))
         elif token in JAVA_SQL:
-            parts.append(JAVA_SQL[token])
+            parts.append(("", JAVA_SQL[token]))
         else:
             return None
-    rendered = " || ".join(parts or ["''"])
-    text = text_sql(expr)   # what Python would see: a BLOB or a number as its text
-    return f"CASE WHEN {VALID_TIME_SQL} THEN {rendered} ELSE {raw or text} END".replace("{e}", text)
+    merged = []
+    for part in parts:
+        if merged and part[0] is None and merged[-1][0] is None and sum(merged[-1][1]) == part[1][0]:
+            merged[-1] = (None, (merged[-1][1][0], merged[-1][1][1] + part[1][1]))
+        elif (len(merged) >= 2 and part[0] is None and merged[-1][1] is None and merged[-2][0] is None
+              and STORE_TIME_SHAPE[sum(merged[-2][1]):part[1][0]] == merged[-1][0]):
+            start = merged[-2][1][0]
+            merged[-2:] = [(None, (start, sum(part[1]) - start))]
+        else:
+            merged.append(part)
+    return merged
+
+
+def java_time_sql(pattern: str, expr: str, raw: Optional[str] = None) -> Optional[str]:
+    """SQL writing the store time `expr` as the pattern does, or `raw` (by default the value
+    itself) if it is not a time; None when the pattern needs Python (zones)."""
+    parts = java_time_parts(pattern)
+    if parts is None:
+        return None
+    parts = [("", "{e}" if slice_ == (0, 19) else f"substr({{e}},{slice_[0] + 1},{slice_[1]})")
+             if literal is None else (literal, slice_) for literal, slice_ in parts]
+    if len(parts) == 1 and parts[0][1]:
+        rendered = parts[0][1]
+    elif not any(sql for _literal, sql in parts):
+        rendered = sql_literal("".join(literal for literal, _sql in parts))
+    else:
+        rendered = printf_sql(parts)
+    text = f"CAST({expr} AS TEXT)"   # what Python would see: a BLOB or a number as its text
+    return f"CASE WHEN {VALID_TIME_SQL} THEN {rendered} ELSE {raw or expr} END".replace("{e}", text)
 
 
 def parse_store_time(text) -> Optional[dt.datetime]:
@@ -920,19 +960,30 @@ def tolerant_text(data: bytes) -> str:
 
 
 class Store:
-    """The Management Program's SQLite log store, opened read-only and read in pages by id."""
+    """The Management Program's SQLite log store, opened read-only and read in pages by id.
+    Each thread gets a connection of its own: one connection runs one statement at a time."""
 
     def __init__(self, path: str, timeout: float = 30.0):
         self.path, self.timeout = path, timeout
         check_store_file(path)
-        uri = "file:" + urllib_quote_path(path) + "?mode=ro"
-        with store_errors(path, timeout):
-            self.db = sqlite3.connect(uri, uri=True, timeout=timeout, check_same_thread=False)
-            self.db.create_function("siem_fold", 1, fold_text, deterministic=True)
-            self.db.create_function("siem_ipv4", 1, ipv4_number, deterministic=True)
+        self.uri = "file:" + urllib_quote_path(path) + "?mode=ro"
+        self.local, self.connections = threading.local(), []
+        self.db = self.connection()
+
+    def connection(self) -> sqlite3.Connection:
+        db = getattr(self.local, "db", None)
+        if db is None:
+            with store_errors(self.path, self.timeout):
+                db = sqlite3.connect(self.uri, uri=True, timeout=self.timeout, check_same_thread=False)
+                db.create_function("siem_fold", 1, fold_text, deterministic=True)
+                db.create_function("siem_ipv4", 1, ipv4_number, deterministic=True)
+            self.local.db = db
+            self.connections.append(db)
+        return db
 
     def close(self) -> None:
-        self.db.close()
+        for db in self.connections:
+            db.close()
 
     def __enter__(self) -> "Store":
         return self
@@ -954,29 +1005,41 @@ class Store:
                                          f"(needed for {kind}); is this a TMPS3 Management Program log store?")
 
     def query(self, sql: str, params: Sequence) -> list:
+        db = self.connection()
         with store_errors(self.path, self.timeout):
             try:
-                return self.db.execute(sql, params).fetchall()
+                return db.execute(sql, params).fetchall()
             except sqlite3.OperationalError as e:
-                if "decode" not in str(e) or self.db.text_factory is tolerant_text:
+                if "decode" not in str(e) or db.text_factory is tolerant_text:
                     raise
                 log.debug("invalid UTF-8 in the store; reading text with replacement characters")
-                self.db.text_factory = tolerant_text
-                return self.db.execute(sql, params).fetchall()
+                db.text_factory = tolerant_text
+                return db.execute(sql, params).fetchall()
 
-    def pages(self, spec: KindSpec, select_list: str, where: str = "", params: Sequence = (),
-              after_id: int = 0, page: int = STORE_PAGE) -> Iterator[list]:
-        """Rows of one kind with id > after_id, in id order, a page per query (never OFFSET)."""
-        sql = (f"SELECT {select_list} FROM {spec.source} WHERE {spec.alias}.id > ?"
-               f"{' AND ' + where if where else ''} ORDER BY {spec.alias}.id LIMIT ?")
-        log.debug("SQL %s: %s %s", spec.name, sql, list(params))
+    def bounds(self, spec: KindSpec, after_id: int = 0, page: int = STORE_PAGE) -> Iterator[tuple]:
+        """(after, last) id ranges of the kind's table holding `page` rows each, in id order,
+        never OFFSET from the start; rows added while they are read wait for the next run."""
+        step = f"SELECT id FROM {spec.table} WHERE id > ? ORDER BY id LIMIT 1 OFFSET {page - 1}"
         while True:
-            rows = self.query(sql, [after_id, *params, page])
-            if rows:
-                yield rows
-            if len(rows) < page:
+            found = self.query(step, [after_id])
+            last = found[0][0] if found else self.max_id(spec)
+            if last <= after_id:
                 return
-            after_id = rows[-1][0]
+            yield after_id, last
+            after_id = last
+
+    def rows(self, spec: KindSpec, select_list: str, bounds: tuple, where: str = "", params: Sequence = ()) -> list:
+        """The kind's rows with an id in (after, last] that pass `where`, in id order."""
+        sql = (f"SELECT {select_list} FROM {spec.source} WHERE {spec.alias}.id > ? AND {spec.alias}.id <= ?"
+               f"{' AND ' + where if where else ''} ORDER BY {spec.alias}.id")
+        return self.query(sql, [*bounds, *params])
+
+    def page(self, spec: KindSpec, page_select: str, bounds: tuple, where: str = "", params: Sequence = ()) -> list:
+        """One aggregate over the rows of (after, last]: page_select ends inside a subquery
+        whose rows come in id order, which group_concat keeps."""
+        sql = (f"SELECT {page_select} FROM {spec.source} WHERE {spec.alias}.id > ? AND {spec.alias}.id <= ?"
+               f"{' AND ' + where if where else ''} ORDER BY {spec.alias}.id)")
+        return self.query(sql, [*bounds, *params])
 
     def count(self, spec: KindSpec, where: str = "", params: Sequence = (), after_id: int = 0) -> int:
         sql = (f"SELECT count(*) FROM {spec.source} WHERE {spec.alias}.id > ?"
@@ -1103,10 +1166,6 @@ clean_value = make_cleaner()
 CSV_TIME_FORMAT = "yyyy-MM-dd HH:mm:ss"
 
 
-def sql_literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 @dataclasses.dataclass(frozen=True)
 class LeefStyle:
     """How LEEF lines are written: the delimiter and the time pattern, and what follows from them."""
@@ -1194,104 +1253,224 @@ def csv_cells(spec: KindSpec, values: Sequence[str], event_id: int, sev: int) ->
 
 
 # --- the same renderings, done by SQLite -------------------------------------
-# Python pays for every value it touches, so the common case is built by SQLite as two texts
-# per record, the attributes before sev and those after eventId; Python adds sev and eventId
-# and checks the line once. A record with a character to clean (rare) is rendered again by
-# render_leef from its values: both paths give the same bytes (tested).
+# Python pays for every value and every byte it touches, so SQLite writes the lines: each in one
+# printf (|| would copy the growing line once per part), a page of them joined by group_concat,
+# so that one SQLite call without Python's lock makes a page and two threads use both cores.
+# Python checks the page at once; a page holding something to clean, or a record whose event
+# id needs Python's judgement, is read again row by row and those records are rendered from
+# their values by render_leef or render_csv: both paths give the same bytes (tested).
 
-def leef_halves_sql(spec: KindSpec, style: LeefStyle) -> tuple:
-    delimiter = sql_literal(style.delimiter)
-    before, after, target = [], [], None
-    target = before
-    for key, role, expr in spec.fields:
-        if role == SEV:
-            target = None
-        elif role == EVENT:
-            target = after
-        elif role == FORMAT:
-            target.append(sql_literal(f"{key}={style.clean(style.time_format)}"))
-        else:
-            value = java_time_sql(style.time_format, expr) if role == TIME else text_sql(expr)
-            target.append(f"{sql_literal(key + '=')} || {value}")
-    head = " || ".join(f"{part} || {delimiter}" for part in before) or "''"
-    tail = " || ".join(f"{delimiter} || {part}" for part in after) or "''"
-    return head, tail
+def printf_sql(parts: Sequence[tuple]) -> str:
+    """SQL writing (literal text, expression or None) parts in one pass. printf's %s writes a
+    value as CAST(... AS TEXT) does, NULL as nothing, but stops at a NUL character (nul_sql)."""
+    pattern, args = [], []
+    for literal, expr in parts:
+        pattern.append(literal.replace("%", "%%"))
+        if expr is not None:
+            pattern.append("%s")
+            args.append(expr)
+    return f"printf({', '.join([sql_literal(''.join(pattern)), *args])})"
+
+
+def csv_quoted_sql(expr: str) -> str:
+    """RFC 4180 quoting as csv.writer does it: only a cell holding a comma or a quote."""
+    return (f"""CASE WHEN instr({expr}, ',') OR instr({expr}, '"') """
+            f"""THEN '"' || replace({expr}, '"', '""') || '"' ELSE {expr} END""")
+
+
+def nul_sql(spec: KindSpec) -> str:
+    """Whether any value of the row holds a NUL character, which printf would silently drop."""
+    return "(" + " OR ".join(f"instr({expr}, char(0))" for _key, _role, expr in spec.fields if expr) + ")"
+
+
+# The event id in SQL where the inputs are plain (whole numbers, known texts); NULL leaves the
+# record to scan_event_id / detection_event_id, which judge every case.
+EVENT_ID_SQL = {
+    "scannedlog": """CASE WHEN s.scanned_status = 'Scan canceled' THEN 1003
+        WHEN s.scanned_status = 'Scan suspended' THEN 1004
+        WHEN typeof(s.infected_files) <> 'integer' THEN NULL WHEN s.infected_files = 0 THEN 1000
+        WHEN typeof(s.fixed_files) <> 'integer' THEN NULL
+        WHEN s.fixed_files >= s.infected_files AND s.infected_files > 0 THEN 1001 ELSE 1002 END""",
+    "detectedlog": "CASE WHEN typeof(d.threat_risk) = 'integer' AND d.threat_risk BETWEEN 0 AND 2 THEN "
+                   "2000 + 4 * d.threat_risk + CASE d.taken_act_result "
+                   + " ".join(f"WHEN {sql_literal(r)} THEN {i}" for i, r in enumerate(DETECTION_RESULTS)) + " END END",
+}
+
+
+def event_id_sql(spec: KindSpec) -> str:
+    return EVENT_ID_SQL.get(spec.name) or str(spec.event_id())
+
+
+def severity_sql(event_sql: str, severity: dict) -> str:
+    return f"CASE {event_sql} " + " ".join(f"WHEN {e} THEN {s}" for e, s in severity.items()) + " END"
+
+
+def line_sql(spec: KindSpec, severity: dict, cell: Callable[[str, str, str], Optional[tuple]],
+             separator: str, header: str = "") -> str:
+    """SQL of a whole line as bytes; cell(key, role, expression) gives a cell's (literal,
+    expression) part, or None to leave it out; `header` holds {event} where the event id goes."""
+    event = event_id_sql(spec)
+    before, _, after = header.partition("{event}")
+    parts = [(before, event), (after, None)] if header else []
+    cells = [(f"{key}=" if header else "", severity_sql(event, severity)) if role == SEV
+             else (f"{key}=" if header else "", event) if role == EVENT
+             else cell(key, role, expr) for key, role, expr in spec.fields]
+    for i, part in enumerate(c for c in cells if c):
+        parts += [(separator, None), part] if i else [part]
+    return f"CAST({printf_sql(parts)} AS BLOB)"
+
+
+def leef_line_sql(spec: KindSpec, style: LeefStyle, severity: dict) -> str:
+    def cell(key: str, role: str, expr: str) -> tuple:
+        if role == FORMAT:
+            return f"{key}={style.clean(style.time_format)}", None
+        return f"{key}=", java_time_sql(style.time_format, expr) if role == TIME else expr
+    header = LEEF_HEADER.format(event="{event}", delim=f"x{ord(style.delimiter):02X}")
+    return line_sql(spec, severity, cell, style.delimiter, header)
+
+
+def csv_line_sql(spec: KindSpec, severity: dict) -> str:
+    def cell(_key: str, role: str, expr: str) -> Optional[tuple]:
+        if role == FORMAT:
+            return None
+        return "", java_time_sql(CSV_TIME_FORMAT, expr) if role == TIME else csv_quoted_sql(expr)
+    return line_sql(spec, severity, cell, ",")
+
+
+C0_BYTES = bytes(range(0x20)) + b"\x7f"
+C1_OR_LINE_SEPARATOR = re.compile(rb"\xc2[\x80-\x9f]|\xe2\x80[\xa8\xa9]").search
+FORMULA_BYTES = tuple(prefix + start for prefix in (b"", b'"') for start in (b"=", b"+", b"-", b"@"))
+CSV_FORMULA_CELL = re.compile(rb'[,\n]"?[-=+@]').search   # (or a signed number: checked again)
+
+
+@dataclasses.dataclass(frozen=True)
+class LineCheck:
+    """What a page of lines written by SQLite may hold: exactly `controls` control characters a
+    line (LEEF's TABs, the line end), `delimiters` of a printable delimiter, valid UTF-8
+    without C1 controls, U+2028 or U+2029, and in CSV no cell that starts like a formula."""
+    controls: int
+    delimiter: bytes = b""
+    delimiters: int = 0
+    csv: bool = False
+
+    def passes(self, text: bytes, lines: int) -> bool:
+        if len(text) - len(text.translate(None, C0_BYTES)) != lines * self.controls:
+            return False
+        if self.delimiter and text.count(self.delimiter) != lines * self.delimiters:
+            return False
+        if self.csv and (text.startswith(FORMULA_BYTES) or CSV_FORMULA_CELL(text)):
+            return False
+        if not text.isascii():
+            try:
+                text.decode("utf-8")
+            except UnicodeDecodeError:
+                return False
+            return not C1_OR_LINE_SEPARATOR(text)
+        return True
+
+
+def render_csv(spec: KindSpec, values: Sequence[str], event_id: int, sev: int) -> str:
+    """A record as one CSV row (without line end), from its values as the store gave them."""
+    out = io.StringIO(newline="")
+    csv.writer(out, lineterminator="\n").writerow(csv_cells(spec, values, event_id, sev))
+    return out.getvalue()[:-1]
+
+
+def in_order(work: Callable, items: Iterable, threads: int = RENDER_THREADS, ahead: int = 4) -> Iterator:
+    """work(item) for each item on a few threads, the results in the items' order, at most
+    `ahead` of them waiting, so memory stays flat."""
+    pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="siem_tool-read")
+    try:
+        waiting = collections.deque()
+        for item in items:
+            waiting.append(pool.submit(work, item))
+            if len(waiting) >= ahead:
+                yield waiting.popleft().result()
+        while waiting:
+            yield waiting.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 class KindReader:
-    """Reads one kind from the store as rendered LEEF records in a style, or as CSV (style None)."""
+    """Reads one kind from the store as rendered lines: LEEF in a style, or CSV (style None)."""
 
     def __init__(self, store: Store, spec: KindSpec, severity: dict, style: Optional[LeefStyle]):
         self.store, self.spec, self.severity, self.style = store, spec, severity, style
         meta = [f"{spec.alias}.id", f"{spec.alias}.imported_at", spec.host_expr, spec.time_expr, *spec.event_exprs]
-        self.fast = style is None or style.sql_times
-        if style is None:       # csv.writer quotes in C faster than SQL can
-            self.values_select = self.select = spec.select_list(CSV_TIME_FORMAT)
-            return
+        self.first_value = len(meta)
+        if style is None:
+            self.values_select = spec.select_list(CSV_TIME_FORMAT)
+            line, self.end = csv_line_sql(spec, severity), b"\r\n"
+            self.check = LineCheck(controls=2, csv=True)
+            self.fast = True
         else:
             self.values_select = spec.select_list(style.time_format if style.sql_times else None)
-            halves = leef_halves_sql(spec, style)
-        self.select = ", ".join(meta + list(halves)) if self.fast else self.values_select
-        self.separators = len(spec.fields) - 1
+            line, self.end = leef_line_sql(spec, style, severity), b"\n"
+            separators = len(spec.fields) - 1
+            tab = style.delimiter == "\t"
+            in_header = style.headers[3000].count(style.delimiter)   # '|' is in LEEF's header
+            self.check = LineCheck(controls=1 + separators * tab, delimiter=b"" if tab else style.delimiter.encode(),
+                                   delimiters=separators + in_header)
+            self.fast = style.sql_times
+        odd = f"({event_id_sql(spec)} IS NULL OR {nul_sql(spec)})"
+        self.select = ", ".join(meta + [line, odd]) if self.fast else self.values_select
+        self.page_select = (f"count(*), CAST(group_concat(line, {sql_literal(self.end.decode())}) AS BLOB), total(odd) "
+                            f"FROM (SELECT {line} AS line, {odd} AS odd")
+        log.debug("SQL %s: SELECT %s FROM %s", spec.name, self.select, spec.source)
+
+    def pages(self, where: str = "", params: Sequence = (), after_id: int = 0) -> Iterator[tuple]:
+        """(records, bytes) per page: the lines, each ended by LF (LEEF) or CRLF (CSV)."""
+        def read(bounds: tuple) -> tuple:
+            if self.fast:
+                (count, text, odd), = self.store.page(self.spec, self.page_select, bounds, where, params)
+                if not count:
+                    return 0, b""
+                text += self.end
+                if not odd and self.check.passes(text, count):
+                    return count, text
+            rows = self.store.rows(self.spec, self.select, bounds, where, params)
+            return len(rows), self.page_text(rows)
+        return in_order(read, self.store.bounds(self.spec, after_id))
 
     def records(self, where: str = "", params: Sequence = (), after_id: int = 0) -> Iterator[Record]:
-        n_event = len(self.spec.event_exprs)
-        for rows in self.store.pages(self.spec, self.select, where, params, after_id):
-            for row in rows:
-                event_id = self.spec.event_id(*row[4:4 + n_event])
-                sev = self.severity[event_id]
-                if self.fast:
-                    line = self.join(row[-2], row[-1], event_id, sev) or self.render_again(row[0], event_id, sev)
-                else:
-                    line = self.render(row[4 + n_event:], event_id, sev)
-                yield Record(self.spec.name, row[0], row[1], as_text(row[2]) or None, as_text(row[3]) or None,
-                             event_id, sev, line)
+        def read(bounds: tuple) -> list:
+            rows = self.store.rows(self.spec, self.select, bounds, where, params)
+            lines = self.page_text(rows).decode("utf-8").split(self.end.decode())
+            return [self.record(row, line) for row, line in zip(rows, lines)]
+        for page in in_order(read, self.store.bounds(self.spec, after_id)):
+            yield from page
 
-    def csv_pages(self, where: str = "", params: Sequence = ()) -> Iterator[tuple]:
-        """(count, text) per page of CSV rows, each ended by CRLF."""
-        spec, n_event = self.spec, len(self.spec.event_exprs)
-        for rows in self.store.pages(spec, self.select, where, params):
-            out = io.StringIO(newline="")
-            cells = []
-            for row in rows:
-                event_id = spec.event_id(*row[4:4 + n_event])
-                cells.append(csv_cells(spec, row[4 + n_event:], event_id, self.severity[event_id]))
-            csv.writer(out, lineterminator="\r\n").writerows(cells)
-            yield len(rows), out.getvalue()
+    def record(self, row: tuple, line: str) -> Record:
+        event_id = self.event_id(row)
+        return Record(self.spec.name, row[0], row[1], as_text(row[2]) or None, as_text(row[3]) or None,
+                      event_id, self.severity[event_id], line)
 
-    def leef_pages(self, where: str = "", params: Sequence = ()) -> Iterator[tuple]:
-        """(count, text) per page of LEEF lines, each ended by LF."""
-        lines = []
-        for record in self.records(where, params):
-            lines.append(record.line)
-            if len(lines) == STORE_PAGE:
-                yield len(lines), "\n".join(lines) + "\n"
-                lines = []
-        if lines:
-            yield len(lines), "\n".join(lines) + "\n"
+    def event_id(self, row: tuple) -> int:
+        return self.spec.event_id(*row[4:self.first_value])
 
-    def texts(self, where: str = "", params: Sequence = ()) -> Iterator[tuple]:
-        """What an export writes: (records, text) per page."""
-        return self.csv_pages(where, params) if self.style is None else self.leef_pages(where, params)
-
-    def join(self, head: str, tail: str, event_id: int, sev: int) -> Optional[str]:
-        """The line from SQLite's halves, or None when a value needs cleaning."""
-        style = self.style
-        d = style.delimiter
-        body = f"{head}sev={sev}{d}eventId={event_id}{tail}"
-        if body.count(d) != self.separators or style.unsafe(body):
-            return None
-        return style.headers[event_id] + body
+    def page_text(self, rows: Sequence[tuple]) -> bytes:
+        """The lines of rows read with self.select, each checked, rendered again where needed."""
+        if not self.fast:
+            return b"".join(self.render_row(row) + self.end for row in rows)
+        lines = [row[-2] if not row[-1] and self.check.passes(row[-2] + self.end, 1)
+                 else self.render_again(row[0]) for row in rows]
+        return b"".join(line + self.end for line in lines)
 
     def render(self, values: Sequence[str], event_id: int, sev: int) -> str:
+        if self.style is None:
+            return render_csv(self.spec, values, event_id, sev)
         return render_leef(self.spec, values, event_id, sev, self.style)
 
-    def render_again(self, record_id: int, event_id: int, sev: int) -> str:
-        spec = self.spec
-        row = self.store.query(f"SELECT {self.values_select} FROM {spec.source} WHERE {spec.alias}.id = ?",
-                               [record_id])[0]
-        return self.render(row[4 + len(spec.event_exprs):], event_id, sev)
+    def render_row(self, row: tuple) -> bytes:
+        event_id = self.event_id(row)
+        return self.render(row[self.first_value:], event_id, self.severity[event_id]).encode("utf-8")
 
+    def render_again(self, record_id: int) -> bytes:
+        spec = self.spec
+        row, = self.store.query(f"SELECT {self.values_select} FROM {spec.source} WHERE {spec.alias}.id = ?",
+                                [record_id])
+        return self.render_row(row)
 
 
 # --- export ------------------------------------------------------------------
@@ -1321,11 +1500,11 @@ def file_stamp() -> str:
 
 
 @contextlib.contextmanager
-def output_file(path: str, encoding: str):
+def output_file(path: str):
     """Written as <path>.part and renamed when complete: a half-written export never looks whole."""
     partial = path + ".part"
     try:
-        with open(partial, "w", encoding=encoding, newline="") as f:
+        with open(partial, "wb") as f:
             yield f
         os.replace(partial, path)
     except OSError as e:
@@ -1376,12 +1555,12 @@ def run_export(options: Options, config: Config) -> int:
             started = time.monotonic()
             where, params = export_filter(spec, options)
             csv_wanted = options.format == "csv"
-            pages = KindReader(store, spec, config.severity, None if csv_wanted else style).texts(where, params)
+            pages = KindReader(store, spec, config.severity, None if csv_wanted else style).pages(where, params)
             pages = with_progress(pages, lambda: store.count(spec, where, params), kind, weight=lambda page: page[0])
             path = new_file_name(folder, kind, stamp, options.format)
-            with output_file(path, "utf-8-sig" if csv_wanted else "utf-8") as f:
+            with output_file(path) as f:
                 if csv_wanted:
-                    csv.writer(f, lineterminator="\r\n").writerow(csv_header(spec))
+                    f.write(codecs.BOM_UTF8 + ",".join(csv_header(spec)).encode() + b"\r\n")
                 count = write_pages(f, pages)
             log.debug("%s: %d records in %.2f s -> %s", kind, count, time.monotonic() - started, path)
             say(f"{kind}: {count} records -> {path}")

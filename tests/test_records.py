@@ -168,7 +168,8 @@ def one_csv_page(spec, draw, tmp_path_factory):
     db.commit()
     db.close()
     with S.Store(str(path)) as store:
-        (count, text), = S.KindReader(store, spec, S.DEFAULT_SEVERITY, None).texts()
+        (count, data), = S.KindReader(store, spec, S.DEFAULT_SEVERITY, None).pages()
+        text = data.decode("utf-8")
     assert count == 1
     return text
 
