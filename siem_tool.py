@@ -1278,9 +1278,16 @@ def csv_quoted_sql(expr: str) -> str:
             f"""THEN '"' || replace({expr}, '"', '""') || '"' ELSE {expr} END""")
 
 
-def nul_sql(spec: KindSpec) -> str:
-    """Whether any value of the row holds a NUL character, which printf would silently drop."""
-    return "(" + " OR ".join(f"instr({expr}, char(0))" for _key, _role, expr in spec.fields if expr) + ")"
+def odd_sql(spec: KindSpec, csv_cells: bool) -> str:
+    """Whether a record needs Python: its event id is not plain, a value holds a NUL character
+    (printf would silently drop the rest), or a CSV cell starts like a formula."""
+    tests = [f"{event_id_sql(spec)} IS NULL"]
+    for _key, _role, expr in spec.fields:
+        if expr:
+            tests.append(f"instr({expr}, char(0))")
+            if csv_cells:
+                tests.append(f"{expr} GLOB '[-=+@]*'")
+    return f"({' OR '.join(tests)})"
 
 
 # The event id in SQL where the inputs are plain (whole numbers, known texts); NULL leaves the
@@ -1339,26 +1346,21 @@ def csv_line_sql(spec: KindSpec, severity: dict) -> str:
 
 C0_BYTES = bytes(range(0x20)) + b"\x7f"
 C1_OR_LINE_SEPARATOR = re.compile(rb"\xc2[\x80-\x9f]|\xe2\x80[\xa8\xa9]").search
-FORMULA_BYTES = tuple(prefix + start for prefix in (b"", b'"') for start in (b"=", b"+", b"-", b"@"))
-CSV_FORMULA_CELL = re.compile(rb'[,\n]"?[-=+@]').search   # (or a signed number: checked again)
 
 
 @dataclasses.dataclass(frozen=True)
 class LineCheck:
     """What a page of lines written by SQLite may hold: exactly `controls` control characters a
-    line (LEEF's TABs, the line end), `delimiters` of a printable delimiter, valid UTF-8
-    without C1 controls, U+2028 or U+2029, and in CSV no cell that starts like a formula."""
+    line (LEEF's TABs, the line end), `delimiters` of a printable delimiter, and valid UTF-8
+    without C1 controls, U+2028 or U+2029."""
     controls: int
     delimiter: bytes = b""
     delimiters: int = 0
-    csv: bool = False
 
     def passes(self, text: bytes, lines: int) -> bool:
         if len(text) - len(text.translate(None, C0_BYTES)) != lines * self.controls:
             return False
         if self.delimiter and text.count(self.delimiter) != lines * self.delimiters:
-            return False
-        if self.csv and (text.startswith(FORMULA_BYTES) or CSV_FORMULA_CELL(text)):
             return False
         if not text.isascii():
             try:
@@ -1402,7 +1404,7 @@ class KindReader:
         if style is None:
             self.values_select = spec.select_list(CSV_TIME_FORMAT)
             line, self.end = csv_line_sql(spec, severity), b"\r\n"
-            self.check = LineCheck(controls=2, csv=True)
+            self.check = LineCheck(controls=2)
             self.fast = True
         else:
             self.values_select = spec.select_list(style.time_format if style.sql_times else None)
@@ -1413,7 +1415,7 @@ class KindReader:
             self.check = LineCheck(controls=1 + separators * tab, delimiter=b"" if tab else style.delimiter.encode(),
                                    delimiters=separators + in_header)
             self.fast = style.sql_times
-        odd = f"({event_id_sql(spec)} IS NULL OR {nul_sql(spec)})"
+        odd = odd_sql(spec, csv_cells=style is None)
         self.select = ", ".join(meta + [line, odd]) if self.fast else self.values_select
         self.page_select = (f"count(*), CAST(group_concat(line, {sql_literal(self.end.decode())}) AS BLOB), total(odd) "
                             f"FROM (SELECT {line} AS line, {odd} AS odd")
