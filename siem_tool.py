@@ -661,7 +661,8 @@ def _names_sql(number_sql: str, names: Sequence[str]) -> str:
     """The name of a 1-based number, cut from one padded string: cheaper in SQL than a CASE."""
     width = max(map(len, names))
     table = sql_literal("".join(name.ljust(width) for name in names))
-    return f"rtrim(substr({table}, ({number_sql}) * {width} - {width - 1}, {width}))"
+    name = f"substr({table}, ({number_sql}) * {width} - {width - 1}, {width})"
+    return name if all(len(n) == width for n in names) else f"rtrim({name})"
 
 
 def _hour12_sql(pad: bool) -> str:
@@ -691,40 +692,46 @@ JAVA_SQL = {
 VALID_TIME_SQL = "(datetime({e}, '+0 days') IS {e} AND {e} >= '0001')"
 
 
-# Where the fixed-width letters stand in a store time: runs of them with the store's own
-# separators between ("HH:mm:ss", "yyyy-MM-dd") become one substr.
-STORE_TIME_SHAPE = "yyyy-MM-dd HH:mm:ss"
-STORE_TIME_SLICES = {letters: (STORE_TIME_SHAPE.index(letters), len(letters))
-                     for letters in ("yyyy", "MM", "dd", "HH", "mm", "ss")}
+# Letters that SQLite's strftime writes: a run of them, with the text between, becomes one
+# strftime call. SQLite allocates a string per function result, and two threads reading at once
+# wait on its allocator's lock, so fewer calls per time is what lets both cores work.
+STRFTIME_CODES = {"yyyy": "%Y", "MM": "%m", "dd": "%d", "HH": "%H", "mm": "%M", "ss": "%S"}
 
 
 def java_time_parts(pattern: str) -> Optional[list]:
-    """The pattern as (literal, None), (None, (start, length)) slices of the store time and
-    ("", SQL) parts, adjacent slices merged; None when a letter needs Python (zones)."""
-    parts = []
+    """The pattern as (literal, SQL or None) parts, runs of strftime letters merged into one
+    strftime({e}) (the store time itself for the store's own form); None when a letter needs
+    Python (zones)."""
+    parts, run = [], []     # run: ("code", "%d") and ("text", literal) items of one strftime
+
+    def end_run() -> None:
+        trailing = []
+        while run and run[-1][0] == "text":   # text after the last code stays plain text
+            trailing.insert(0, run.pop()[1])
+        if run:
+            codes = "".join(text if kind == "code" else text.replace("%", "%%") for kind, text in run)
+            parts.append(("", "{e}" if codes == "%Y-%m-%d %H:%M:%S" else f"strftime({sql_literal(codes)}, {{e}})"))
+        parts.extend((text, None) for text in trailing)
+        run.clear()
+
     for match in JAVA_TOKEN.finditer(pattern):
         quoted, letter = match.group(1), match.group(2)
         token = match.group(0)
         if quoted is not None or not letter:
             literal = (quoted.replace("''", "'") if quoted else "'") if quoted is not None else token
-            parts.append((literal, None))
-        elif token in STORE_TIME_SLICES:
-            parts.append((None, STORE_TIME_SLICES[token]))
+            if run:
+                run.append(("text", literal))
+            else:
+                parts.append((literal, None))
+        elif token in STRFTIME_CODES:
+            run.append(("code", STRFTIME_CODES[token]))
         elif token in JAVA_SQL:
+            end_run()
             parts.append(("", JAVA_SQL[token]))
         else:
             return None
-    merged = []
-    for part in parts:
-        if merged and part[0] is None and merged[-1][0] is None and sum(merged[-1][1]) == part[1][0]:
-            merged[-1] = (None, (merged[-1][1][0], merged[-1][1][1] + part[1][1]))
-        elif (len(merged) >= 2 and part[0] is None and merged[-1][1] is None and merged[-2][0] is None
-              and STORE_TIME_SHAPE[sum(merged[-2][1]):part[1][0]] == merged[-1][0]):
-            start = merged[-2][1][0]
-            merged[-2:] = [(None, (start, sum(part[1]) - start))]
-        else:
-            merged.append(part)
-    return merged
+    end_run()
+    return parts
 
 
 def java_time_sql(pattern: str, expr: str, raw: Optional[str] = None) -> Optional[str]:
@@ -733,8 +740,6 @@ def java_time_sql(pattern: str, expr: str, raw: Optional[str] = None) -> Optiona
     parts = java_time_parts(pattern)
     if parts is None:
         return None
-    parts = [("", "{e}" if slice_ == (0, 19) else f"substr({{e}},{slice_[0] + 1},{slice_[1]})")
-             if literal is None else (literal, slice_) for literal, slice_ in parts]
     if len(parts) == 1 and parts[0][1]:
         rendered = parts[0][1]
     elif not any(sql for _literal, sql in parts):
@@ -1314,7 +1319,7 @@ def severity_sql(event_sql: str, severity: dict) -> str:
 
 def line_sql(spec: KindSpec, severity: dict, cell: Callable[[str, str, str], Optional[tuple]],
              separator: str, header: str = "") -> str:
-    """SQL of a whole line as bytes; cell(key, role, expression) gives a cell's (literal,
+    """SQL of a whole line; cell(key, role, expression) gives a cell's (literal,
     expression) part, or None to leave it out; `header` holds {event} where the event id goes."""
     event = event_id_sql(spec)
     before, _, after = header.partition("{event}")
@@ -1324,7 +1329,7 @@ def line_sql(spec: KindSpec, severity: dict, cell: Callable[[str, str, str], Opt
              else cell(key, role, expr) for key, role, expr in spec.fields]
     for i, part in enumerate(c for c in cells if c):
         parts += [(separator, None), part] if i else [part]
-    return f"CAST({printf_sql(parts)} AS BLOB)"
+    return printf_sql(parts)
 
 
 def leef_line_sql(spec: KindSpec, style: LeefStyle, severity: dict) -> str:
@@ -1416,7 +1421,7 @@ class KindReader:
                                    delimiters=separators + in_header)
             self.fast = style.sql_times
         odd = odd_sql(spec, csv_cells=style is None)
-        self.select = ", ".join(meta + [line, odd]) if self.fast else self.values_select
+        self.select = ", ".join(meta + [f"CAST({line} AS BLOB)", odd]) if self.fast else self.values_select
         self.page_select = (f"count(*), CAST(group_concat(line, {sql_literal(self.end.decode())}) AS BLOB), total(odd) "
                             f"FROM (SELECT {line} AS line, {odd} AS odd")
         log.debug("SQL %s: SELECT %s FROM %s", spec.name, self.select, spec.source)
