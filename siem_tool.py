@@ -67,7 +67,6 @@ import uuid
 from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Sequence
 
 import docopt
-import requests
 
 __version__ = "1.0.0"
 
@@ -1901,9 +1900,10 @@ class HecSender(Sender):
         self.quarantine_path = None
 
     def open(self) -> None:
+        import requests   # here, not at the top: only Splunk needs it, and it costs every run ~60 ms
         self.session = requests.Session()
         self.session.trust_env = False  # proxies and CA bundles from the environment never apply
-        self.session.mount("https://", HecAdapter(self.tls))
+        self.session.mount("https://", hec_adapter(self.tls))
         self.session.headers.update({"Authorization": f"Splunk {self.settings.token}",
                                      "X-Splunk-Request-Channel": self.channel,
                                      "User-Agent": f"siem_tool/{__version__}"})
@@ -1986,6 +1986,7 @@ class HecSender(Sender):
             attempt += 1
 
     def try_post(self, path: str, body: bytes, content_encoding: str) -> tuple:
+        import requests
         """(HEC's answer, None) when final, or (why, Retry-After) when worth retrying."""
         headers = {"Content-Encoding": content_encoding} if content_encoding else {}
         s = self.settings
@@ -2019,7 +2020,7 @@ class HecSender(Sender):
                 or len(self.tls.pins) != 1):
             return False
         self.tls.pinned = True
-        self.session.mount("https://", HecAdapter(self.tls))
+        self.session.mount("https://", hec_adapter(self.tls))
         return True
 
     def wait_for_ack(self, ack_id) -> None:
@@ -2050,21 +2051,21 @@ class HecSender(Sender):
         log.debug("HEC refused one %s event (%s); quarantined in %s", kind, answer, self.quarantine_path)
 
 
-class HecAdapter(requests.adapters.HTTPAdapter):
-    """Verification as TlsClient decides: a name to check, or exactly the pinned certificate."""
+def hec_adapter(tls: TlsClient):
+    """A requests adapter verifying as TlsClient decides: a name to check, or exactly the
+    pinned certificate."""
+    import requests.adapters
 
-    def __init__(self, tls: TlsClient):
-        self.tls = tls
-        super().__init__()
-
-    def init_poolmanager(self, *args, **kwargs):
-        kwargs["ssl_minimum_version"] = ssl.TLSVersion.TLSv1_2
-        if self.tls.server_name:
-            kwargs["assert_hostname"] = self.tls.server_name
-            kwargs["server_hostname"] = self.tls.server_name
-        elif self.tls.pinned:
-            kwargs["assert_fingerprint"] = next(iter(self.tls.pins))
-        super().init_poolmanager(*args, **kwargs)
+    class Adapter(requests.adapters.HTTPAdapter):
+        def init_poolmanager(self, *args, **kwargs):
+            kwargs["ssl_minimum_version"] = ssl.TLSVersion.TLSv1_2
+            if tls.server_name:
+                kwargs["assert_hostname"] = tls.server_name
+                kwargs["server_hostname"] = tls.server_name
+            elif tls.pinned:
+                kwargs["assert_fingerprint"] = next(iter(tls.pins))
+            super().init_poolmanager(*args, **kwargs)
+    return Adapter()
 
 
 def chunks_by_size(items: Sequence[bytes], limit: int) -> Iterator[list]:
@@ -2170,6 +2171,7 @@ def explain_requests_tls_error(e: requests.exceptions.SSLError, tls: TlsClient) 
 
 
 def describe_requests_error(e: Exception, timeout: float) -> str:
+    import requests
     if isinstance(e, requests.exceptions.Timeout):
         return f"no answer within Timeout = {timeout:g} s; check the server's load, or raise Timeout in [Splunk]"
     os_error = find_cause(e, OSError)
@@ -2624,6 +2626,7 @@ def check_syslog(settings: SyslogSettings) -> tuple:
 def check_splunk(settings: SplunkSettings, config: Config) -> tuple:
     """Health, then the token, without indexing anything: an empty POST answers code 5 for a
     good token and 4 for a bad one."""
+    import requests
     sender = HecSender(settings, config.facility, os.path.join(config.folder, "quarantine"))
     lines = check_tls(settings.label, sender.tls, settings.address, settings.port, settings.timeout)
     if lines[-1].startswith("verification FAILED"):
@@ -2635,7 +2638,7 @@ def check_splunk(settings: SplunkSettings, config: Config) -> tuple:
             lines.append(f"health:    HTTP {health.status_code} {hec_answer(health).get('text', '')}")
             answer, _retry = sender.try_post("/event", b"", "")
         except requests.exceptions.RequestException as e:
-            return f"{settings.label}: cannot reach HEC ({describe_requests_error(e)})", lines
+            return f"{settings.label}: cannot reach HEC ({describe_requests_error(e, settings.timeout)})", lines
         except SiemError as e:
             return str(e), lines
     if isinstance(answer, dict) and answer.get("code") == 5:
