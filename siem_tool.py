@@ -1456,9 +1456,14 @@ class KindReader:
         return self.spec.event_id(*row[4:self.first_value])
 
     def page_text(self, rows: Sequence[tuple]) -> bytes:
-        """The lines of rows read with self.select, each checked, rendered again where needed."""
+        """The lines of rows read with self.select, checked at once, rendered again where needed."""
+        if not rows:
+            return b""
         if not self.fast:
             return b"".join(self.render_row(row) + self.end for row in rows)
+        text = self.end.join([row[-2] for row in rows]) + self.end
+        if not any(row[-1] for row in rows) and self.check.passes(text, len(rows)):
+            return text
         lines = [row[-2] if not row[-1] and self.check.passes(row[-2] + self.end, 1)
                  else self.render_again(row[0]) for row in rows]
         return b"".join(line + self.end for line in lines)
@@ -1673,19 +1678,24 @@ class SyslogSender(Sender):
         self.host_name = syslog_host_name()
 
     def messages(self, kind: str, batch: Sequence[Record], local_ip: str) -> tuple:
-        """The framed bytes of a batch and how many were cut."""
+        """The unframed bytes of a batch's messages and how many were cut. One time stamp per
+        batch, so the header differs only by priority."""
         now = dt.datetime.now().astimezone()
-        out, cut = [], 0
-        for item in batch:
-            priority = syslog_priority(self.facility, item.sev)
-            if self.settings.header == "rfc3164":
-                header = rfc3164_header(priority, now, local_ip)
-            else:
-                header = rfc5424_header(priority, now, self.host_name if self.host_name != "-" else local_ip, kind)
-            message, was_cut = fit_message((header + item.line).encode("utf-8"), self.settings.max_message)
-            cut += was_cut
-            out.append(message)
+        headers = {sev: self.header(syslog_priority(self.facility, sev), now, local_ip, kind).encode()
+                   for sev in {item.sev for item in batch}}
+        limit = self.settings.max_message
+        out = [headers[item.sev] + item.line.encode("utf-8") for item in batch]
+        cut = 0
+        for i, message in enumerate(out):
+            if len(message) > limit:
+                out[i], _ = fit_message(message, limit)
+                cut += 1
         return out, cut
+
+    def header(self, priority: int, now: dt.datetime, local_ip: str, kind: str) -> str:
+        if self.settings.header == "rfc3164":
+            return rfc3164_header(priority, now, local_ip)
+        return rfc5424_header(priority, now, self.host_name if self.host_name != "-" else local_ip, kind)
 
     def fail(self, why: str, delivered: int = 0) -> SiemError:
         return SiemError(f"{self.settings.label}: {why}", delivered)
