@@ -83,6 +83,7 @@ DEBUG_LOG_NAME = "debug_log_SIEM-tool.txt"
 DEFAULT_INSTALLED_FOLDER = r"C:\Program Files (x86)\Trend Micro\Portable Security 3\Management Program"
 STORE_RELATIVE_PATH = os.path.join("Data", "tmps3log.db")
 STARTDATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+STARTDATE_PATTERN = re.compile(r"(?:\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)?")   # or empty
 
 LEEF_HEADER = "LEEF:2.0|TrendMicro|PortableSecurity|3.0|{event}|{delim}|"
 DEFAULT_LEEF_TIME_FORMAT = "MMM dd yyyy HH:mm:ss"
@@ -1064,6 +1065,14 @@ class Store:
             return None
         first = self.query(f"SELECT min(id) FROM {spec.table} WHERE imported_at > ?", [imported_utc])[0][0]
         return first if first is not None and first <= after else None
+
+    def min_id(self, spec: KindSpec) -> int:
+        """The first id (ids may be 0 or negative); 1 for an empty table."""
+        return self.query(f"SELECT coalesce(min(id), 1) FROM {spec.table}", [])[0][0]
+
+    def imported_at(self, spec: KindSpec, record_id: int) -> Optional[str]:
+        rows = self.query(f"SELECT imported_at FROM {spec.table} WHERE id = ?", [record_id])
+        return as_text(rows[0][0]) if rows else None
 
     def max_id(self, spec: KindSpec) -> int:
         return self.query(f"SELECT coalesce(max(id), 0) FROM {spec.table}", [])[0][0]
@@ -2270,19 +2279,26 @@ class Checkpoint:
     def __init__(self, config: Config, override: Optional[str]):
         self.config, self.override = config, override
         self.path = state_path(config)
-        self.kinds = self.load().get("kinds", {})
-        self.ran = set()
+        self.kinds = self.load()
+        self.ran, self.advanced = set(), set()
 
     def load(self) -> dict:
+        """The entries of the state file that make sense; a damaged one is left out (its kind
+        then resumes from Startdate), never a reason to stop."""
         try:
             with open(self.path, encoding="utf-8") as f:
-                state = json.load(f)
-            return state if isinstance(state, dict) and isinstance(state.get("kinds"), dict) else {}
+                kinds = json.load(f).get("kinds")
         except FileNotFoundError:
             return {}
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, AttributeError) as e:
             log.debug("state file %s unreadable (%s); resuming from Startdate", self.path, e)
             return {}
+        if not isinstance(kinds, dict):
+            return {}
+        return {kind: entry for kind, entry in kinds.items()
+                if kind in KIND_SPECS and isinstance(entry, dict) and isinstance(entry.get("startdate", ""), str)
+                and (type(entry.get("id")) is int and isinstance(entry.get("imported_at", ""), str)
+                     or isinstance(entry.get("since"), str) and STARTDATE_PATTERN.fullmatch(entry["since"]))}
 
     def valid(self, kind: str) -> bool:
         entry = self.kinds.get(kind)
@@ -2293,9 +2309,12 @@ class Checkpoint:
         kind = spec.name
         self.ran.add(kind)
         since = self.override or self.config.startdate
-        if not self.override and self.valid(kind):
+        if not self.override and self.valid(kind) and "since" in self.kinds[kind]:
+            since = self.kinds[kind]["since"]     # held where Startdate stood when others moved on
+        elif not self.override and self.valid(kind):
             after = int(self.kinds[kind]["id"])
-            reused = store.first_id_reused(spec, after, self.kinds[kind].get("imported_at"))
+            sent_at = self.kinds[kind].get("imported_at")
+            reused = store.first_id_reused(spec, after, sent_at) if sent_at else None
             if reused is not None:
                 say(f"{kind}: the store gave ids from {reused} again to newer records (old ones purged); "
                     f"sending from id {reused}")
@@ -2305,15 +2324,28 @@ class Checkpoint:
             say(f"{kind}: the store ends before id {after}, the last one sent (was it replaced?); "
                 f"sending from Startdate {since or '(empty: all)'}")
         if not since:
-            return 0, "from the oldest record"
+            return store.min_id(spec) - 1, "from the oldest record"
         first = store.first_id_since(spec, local_to_utc_text(since))
         after = store.max_id(spec) if first is None else first - 1
         return after, f"imported since {since}"
+
+    def reached(self, store: Store, spec: KindSpec, after: int) -> None:
+        """A kind read to its end without delivering anything: it resumes from where it stood,
+        by id, whatever Startdate becomes."""
+        if spec.name in self.advanced:
+            return
+        entry = self.kinds.get(spec.name)
+        if entry and self.valid(spec.name) and not self.override and int(entry["id"]) == after:
+            return
+        self.kinds[spec.name] = {"id": after, "imported_at": store.imported_at(spec, after) or "",
+                                 "startdate": self.config.startdate}
+        self.save()
 
     def advance(self, record: Record) -> None:
         """Save that everything up to this record was delivered (atomic; at least every batch)."""
         self.kinds[record.kind] = {"id": record.id, "imported_at": record.imported_at,
                                    "startdate": self.config.startdate}
+        self.advanced.add(record.kind)
         self.save()
 
     def save(self) -> None:
@@ -2325,21 +2357,23 @@ class Checkpoint:
                               f"check that this account may write beside config.ini") from None
 
     def finish(self) -> Optional[str]:
-        """Move Startdate to the oldest resume point of the kinds it stands for; the new value or None."""
+        """Move Startdate to the oldest resume point of the kinds sent; the new value or None.
+        A kind without a resume point of its own (not sent yet, failed before its first
+        delivery, or to be sent again after a hand edit) is first held where Startdate stands."""
         old = self.config.startdate
-        current = [k for k in self.kinds if k in self.ran or self.valid(k)]
-        pending = [k for k in self.kinds if k not in current]   # hand edit not yet applied to them
-        times = [utc_to_local_text(self.kinds[k].get("imported_at", "")) for k in current]
-        times = [t for t in times if t] + ([old] if pending and old else [])
-        if not times or min(times) == old:
+        for kind in KINDS:
+            if not (kind in self.kinds and (kind in self.ran or self.valid(kind))):
+                self.kinds[kind] = {"since": old, "startdate": old}
+        times = [utc_to_local_text(entry.get("imported_at") or "") for entry in self.kinds.values()]
+        new = min((t for t in times if t), default="")
+        if not new or (old and new <= old):   # never backwards: it is what people read
             return None
-        new = min(times)
-        for kind in current:
-            self.kinds[kind].update(startdate=new, previous=old)
+        for entry in self.kinds.values():
+            entry.update(startdate=new, previous=old)
         self.save()             # first: a crash before config.ini is written leaves both valid
         rewrite_startdate(self.config, new)
-        for kind in current:    # now a hand edit back to the old value means "send again"
-            self.kinds[kind].pop("previous", None)
+        for entry in self.kinds.values():   # now a hand edit back to the old value means "send again"
+            entry.pop("previous", None)
         self.save()
         return new
 
@@ -2451,6 +2485,7 @@ def send_kind(store: Store, spec: KindSpec, config: Config, style: LeefStyle, se
                 e.report = report
                 raise
             record_delivery(report, checkpoint, copy, batch, delivery)
+        checkpoint.reached(store, spec, after)
     finally:
         report.seconds = time.monotonic() - started
     return report

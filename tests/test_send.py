@@ -238,7 +238,22 @@ def test_hec_bad_token(site, hec):
     assert "00000000-0000-0000-0000-000000000000" not in log + result.stderr + result.stdout
 
 
+def spread_import_times(site):
+    """Every row of every table imported a second after the one before, as a busy site's are."""
+    db = sqlite3.connect(site.store)
+    for table in ("scan_log", "detection_log", "asset_info", "application_info", "update_info"):
+        db.execute(f"UPDATE {table} SET imported_at = datetime('2024-01-01 00:00:00', '+' || id || ' seconds')")
+    db.commit()
+    db.close()
+
+
+def store_counts(site):
+    tables = dict(zip(KINDS, ("scan_log", "detection_log", "asset_info", "application_info", "update_info")))
+    return {kind: site.sql(f"SELECT count(*) FROM {table}")[0][0] for kind, table in tables.items()}
+
+
 def test_hec_unknown_index_stops_that_kind_only(site, hec):
+    spread_import_times(site)
     hec.set_token("restricted-token", indexes={"scannedlog", "assetinfo"})
     config = splunk_config(site, hec, token="restricted-token")
     result = site.run("send", "--siem=splunk", "--log=all")
@@ -248,15 +263,46 @@ def test_hec_unknown_index_stops_that_kind_only(site, hec):
     assert sent["scannedlog"][0] == 302 and sent["assetinfo"][0] > 0
     assert sent["detectedlog"][0] == 0 and "not moved" in sent["detectedlog"][1]
     state = json.loads((site.folder / "config.state.json").read_text())["kinds"]
-    assert set(state) == {"scannedlog", "assetinfo"}
+    assert {k for k, entry in state.items() if "id" in entry} == {"scannedlog", "assetinfo"}
+    assert all(entry["since"] == "" for k, entry in state.items() if "id" not in entry), "held at the oldest"
     assert {e["index"] for e in hec.events} == {"scannedlog", "assetinfo"}
-    # once the index exists, the next run sends the rest and only the rest
+    # once the index exists, the next run sends the rest and only the rest: every detection,
+    # application and update, also those imported before the Startdate the first run wrote
     hec.set_token("restricted-token")
     hec.reset()
     again = site.run("send", "--siem=splunk", "--log=all")
     assert again.returncode == 0, again.stderr
     assert sent_summary(again)["scannedlog"][0] == 0
-    assert {e["index"] for e in hec.events} == {"detectedlog", "applicationinfo", "updateinfo"}
+    counts = collections.Counter(e["index"] for e in hec.events)
+    assert counts == {k: n for k, n in store_counts(site).items() if k not in ("scannedlog", "assetinfo")}
+
+
+@pytest.mark.parametrize("fault", ["connection", "partial-log"])
+def test_kinds_not_sent_yet_lose_nothing_when_startdate_moves(site, rsyslog, plain_listener_factory, fault):
+    """A run that stops after some kinds (a SIEM fault) or that sends only some (--log) moves
+    Startdate; the kinds it did not send must still get every record next time."""
+    spread_import_times(site)
+    if fault == "connection":
+        once = plain_listener_factory(accept=1)     # takes one connection, then the port is closed
+        rsyslog_config(site, once.port, "TCP")
+        first = site.run("send", "--siem=rsyslog", "--log=all")
+        assert first.returncode == 4, first.stderr
+    else:
+        rsyslog_config(site, rsyslog.tcp_port, "TCP")
+        first = site.run("send", "--siem=rsyslog", "--log=scannedlog")
+        assert first.returncode == 0, first.stderr
+    config = site.config.read_bytes()
+    assert re.search(rb"Startdate = ?2024-", config), "Startdate moved"
+    if fault == "connection":   # the server is back: point config.ini at it, Startdate as it is
+        site.config.write_bytes(re.sub(rb"ServerPort = \d+", b"ServerPort = %d" % rsyslog.tcp_port, config))
+    start = rsyslog.mark()
+    again = site.run("send", "--siem=rsyslog", "--log=all")
+    assert again.returncode == 0, again.stderr
+    counts = {k: n for k, (n, _) in sent_summary(again).items()}
+    expected = store_counts(site)
+    for kind in KINDS[1:]:
+        assert counts[kind] == expected[kind], kind
+    rsyslog.wait_for(sum(counts.values()), start=start)
 
 
 def test_hec_three_busy_answers_then_success(site, hec):

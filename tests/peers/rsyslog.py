@@ -265,11 +265,14 @@ class PlainTcpListener:
     (SO_LINGER 0), as a crashing or overloaded peer does.
     ``reply``: bytes sent back once a connection's first data arrived, e.g. to
     answer a TLS ClientHello with plaintext instead of letting it wait.
+    ``accept=N``: after N connections the port closes, as a server going down
+    in mid-run does (the accepted ones are still served to their end).
     """
 
-    def __init__(self, reset_after: Optional[int] = None, reply: bytes = b""):
+    def __init__(self, reset_after: Optional[int] = None, reply: bytes = b"", accept: Optional[int] = None):
         self.reset_after = reset_after
         self.reply = reply
+        self.accept = accept
         self.port = 0
         self.connections: List[bytearray] = []  # one per accepted connection
         self._lock = threading.Lock()
@@ -297,7 +300,7 @@ class PlainTcpListener:
         for thread in self._threads:
             thread.join(timeout=5)
         if self._sock is not None:
-            self._sock.close()
+            self._sock.close()      # (closing twice is harmless)
             self._sock = None
 
     def __enter__(self) -> "PlainTcpListener":
@@ -331,6 +334,9 @@ class PlainTcpListener:
                 self.connections.append(bytearray())
                 record = self.connections[-1]
             self._spawn(self._serve, conn, record)
+            if self.accept is not None and len(self.connections) >= self.accept:
+                self._sock.close()      # from now on, connections are refused
+                return
 
     def _serve(self, conn: socket.socket, record: bytearray) -> None:
         conn.settimeout(POLL * 5)
