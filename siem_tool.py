@@ -97,7 +97,7 @@ for _risk in range(3):
 
 RECORDS_PER_BATCH = 1000          # the resume point is saved at least this often
 BYTES_PER_BATCH = 1_000_000       # ... or this often, whichever comes first
-STORE_PAGE = 2000                 # rows read per query (keyset paging)
+STORE_PAGE = 1000                 # rows read per query (keyset paging); pages in flight bound the memory
 RENDER_THREADS = 2                # pages read at once: SQLite renders without Python's lock
 
 EXIT_OK, EXIT_BUG, EXIT_USAGE, EXIT_STORE, EXIT_SIEM, EXIT_BUSY, EXIT_QUARANTINE = 0, 1, 2, 3, 4, 5, 6
@@ -974,6 +974,8 @@ class Store:
         self.uri = "file:" + urllib_quote_path(path) + "?mode=ro"
         self.local, self.connections = threading.local(), []
         self.db = self.connection()
+        # Pages are read on threads of their own, each with its own connection, kept for the run.
+        self.pool = concurrent.futures.ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix="siem_tool-read")
 
     def connection(self) -> sqlite3.Connection:
         db = getattr(self.local, "db", None)
@@ -987,6 +989,7 @@ class Store:
         return db
 
     def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
         for db in self.connections:
             db.close()
 
@@ -1391,12 +1394,11 @@ def render_csv(spec: KindSpec, values: Sequence[str], event_id: int, sev: int) -
     return out.getvalue()[:-1]
 
 
-def in_order(work: Callable, items: Iterable, threads: int = RENDER_THREADS, ahead: int = 4) -> Iterator:
-    """work(item) for each item on a few threads, the results in the items' order, at most
+def in_order(pool: concurrent.futures.Executor, work: Callable, items: Iterable, ahead: int = 4) -> Iterator:
+    """work(item) for each item on the pool's threads, the results in the items' order, at most
     `ahead` of them waiting, so memory stays flat."""
-    pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="siem_tool-read")
+    waiting = collections.deque()
     try:
-        waiting = collections.deque()
         for item in items:
             waiting.append(pool.submit(work, item))
             if len(waiting) >= ahead:
@@ -1404,7 +1406,9 @@ def in_order(work: Callable, items: Iterable, threads: int = RENDER_THREADS, ahe
         while waiting:
             yield waiting.popleft().result()
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        for future in waiting:      # the reader stopped early: no more pages
+            future.cancel()
+        concurrent.futures.wait(waiting)
 
 
 class KindReader:
@@ -1446,14 +1450,14 @@ class KindReader:
                     return count, text
             rows = self.store.rows(self.spec, self.select, bounds, where, params)
             return len(rows), self.page_text(rows)
-        return in_order(read, self.store.bounds(self.spec, after_id))
+        return in_order(self.store.pool, read, self.store.bounds(self.spec, after_id))
 
     def records(self, where: str = "", params: Sequence = (), after_id: int = 0) -> Iterator[Record]:
         def read(bounds: tuple) -> list:
             rows = self.store.rows(self.spec, self.select, bounds, where, params)
             lines = self.page_text(rows).decode("utf-8").split(self.end.decode())
             return [self.record(row, line) for row, line in zip(rows, lines)]
-        for page in in_order(read, self.store.bounds(self.spec, after_id)):
+        for page in in_order(self.store.pool, read, self.store.bounds(self.spec, after_id)):
             yield from page
 
     def record(self, row: tuple, line: str) -> Record:
