@@ -44,6 +44,8 @@ import configparser
 import contextlib
 import csv
 import dataclasses
+import difflib
+import errno
 import functools
 import datetime as dt
 import gzip
@@ -66,7 +68,15 @@ import urllib.request
 import uuid
 from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Sequence
 
-import docopt
+if sys.version_info < (3, 9):
+    print(f"siem_tool: error: Python {sys.version.split()[0]} is too old; install Python 3.9 or newer", file=sys.stderr)
+    sys.exit(2)
+try:
+    import docopt
+except ImportError:
+    print("siem_tool: error: the package docopt-ng is missing; install it with "
+          "'py -m pip install docopt-ng requests', or run siem_tool.pyz, which carries it", file=sys.stderr)
+    sys.exit(2)
 
 __version__ = "1.0.0"
 
@@ -125,6 +135,10 @@ class StoreError(SiemToolError):
     exit_code = EXIT_STORE
 
 
+class PageTooBig(StoreError):
+    """A page of records joined is longer than SQLite's longest text: read it row by row."""
+
+
 class SiemError(SiemToolError):
     """The SIEM could not be reached or refused; `delivered` records of the batch got through."""
     exit_code = EXIT_SIEM
@@ -180,8 +194,10 @@ def parse_command_line(argv: Sequence[str]) -> Options:
             if not (args["--date"] and args["<from>"] and args["<to>"]):
                 raise UsageError("--date needs two days: --date <from> <to>, each ddMMyyyy")
             options.date_range = parse_date_range(args["<from>"], args["<to>"])
-        options.ip = parse_ip(args["--ip"]) if args["--ip"] else None
-        options.network = parse_network(args["--netmask"]) if args["--netmask"] else None
+        options.ip = parse_ip(args["--ip"]) if args["--ip"] is not None else None
+        options.network = parse_network(args["--netmask"]) if args["--netmask"] is not None else None
+        if args["--hostname"] is not None and not args["--hostname"].strip():
+            raise UsageError("--hostname is empty; give an endpoint host name, or leave the option out")
         options.hostname = args["--hostname"]
     else:
         options.siem = parse_choice("--siem", args["--siem"], SIEMS)
@@ -205,10 +221,10 @@ def explain_usage_mistake(argv: Sequence[str]) -> str:
     if command not in ("export", "send", "check"):
         return "the first word must be export, send or check; run 'siem_tool -h' for the usage"
     if "--date" in named:
-        i = words.index("--date")
+        i = next(k for k, w in enumerate(words) if w.split("=", 1)[0] == "--date")
         values = [w for w in words[i + 1:i + 3] if not w.startswith("-")]
-        if len(values) < 2:
-            return "--date needs two days: --date <from> <to>, each ddMMyyyy"
+        if "=" in words[i] or len(values) < 2:
+            return "--date needs two days after a space: --date <from> <to>, each ddMMyyyy"
     needed = {"export": ("--log", "--format"), "send": ("--siem", "--log"), "check": ("--siem",)}[command]
     for required in needed:
         if required not in named:
@@ -257,6 +273,8 @@ def parse_date_range(first: str, last: str) -> tuple:
     start, end = parse_day(first, "--date"), parse_day(last, "--date")
     if start > end:
         raise UsageError(f"--date {first} {last}: the first day is after the second; give <from> then <to>")
+    if end == dt.date.max:      # no next day to stop before: the end of the last one
+        return (f"{start.isoformat()} 00:00:00", f"{end.isoformat()} 24:00:00")
     after_end = end + dt.timedelta(days=1)
     return (f"{start.isoformat()} 00:00:00", f"{after_end.isoformat()} 00:00:00")
 
@@ -340,6 +358,10 @@ def parse_ini(text: str, path: str) -> dict:
     """
     parser = configparser.ConfigParser(interpolation=None, strict=True, comment_prefixes=(";", "#"),
                                        empty_lines_in_values=False, default_section="\x00none")
+    # configparser reads an indented line as more of the value above: a Token line indented by
+    # mistake would become part of, say, ServerPort, and be shown in its error. No value here
+    # spans lines, so every line stands on its own.
+    text = "\n".join(line.lstrip() for line in text.split("\n"))
     try:
         parser.read_string(text, source=path)
     except configparser.DuplicateSectionError as e:
@@ -467,10 +489,37 @@ class Config:
         return {"qradar": qradar_settings, "rsyslog": rsyslog_settings, "splunk": splunk_settings}[siem](self)
 
 
+# The keys each section may hold (any letter case). A key close to one of them is a typo that
+# must not pass quietly: "Protocl = TLS" would leave the default, UDP in clear text.
+SYSLOG_KEYS = ("ServerAddress", "ServerPort", "CertFile", "TLSServerName", "Framing", "Header",
+               "MaxMessageSize", "Timeout", "UdpRate")
+KNOWN_KEYS = {
+    "General Setting": ("Startdate", "Facility", "InstalledFolder", "LeefTimeFormat", "LeefDelimiter",
+                        *(f"Event{event}" for event in DEFAULT_SEVERITY)),
+    "Splunk": ("ServerAddress", "ServerPort", "Token", "CertFile", "TLSServerName", "SourceType", "UseAck",
+               "Timeout", "RetrySeconds", "BatchBytes", "GzipLevel", "TimeZone"),
+    "QRadar": SYSLOG_KEYS,
+    "RSyslog": ("Protocol", *SYSLOG_KEYS),
+}
+
+
+def check_key_names(sections: dict, path: str) -> None:
+    for section, keys in KNOWN_KEYS.items():
+        known = {key.lower(): key for key in keys}
+        for key in sections.get(section.lower(), {}):
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.75) if key not in known else None
+            if close:
+                raise ConfigError(f"{path} [{section}] {key}: not a key siem_tool knows; "
+                                  f"did you mean {known[close[0]]}?")
+            if key not in known:
+                log.debug("%s [%s] %s: not a key siem_tool knows; ignored", path, section, key)
+
+
 def load_config(path: str) -> Config:
     """The only code that reads config.ini."""
     text, codec, bom = read_config_file(path)
     sections = parse_ini(text, path)
+    check_key_names(sections, path)
     general = IniSection(path, "General Setting", sections.get("general setting"))
     startdate = general.text("Startdate", "")
     if startdate:
@@ -572,7 +621,10 @@ def parse_time_zone(section: IniSection) -> Optional[dt.tzinfo]:
     if not match:
         raise section.fail("TimeZone", f"{value!r} is not allowed; use UTC or an offset like +09:00, or leave it empty")
     sign = -1 if match.group(1) == "-" else 1
-    return dt.timezone(sign * dt.timedelta(hours=int(match.group(2)), minutes=int(match.group(3))))
+    hours, minutes = int(match.group(2)), int(match.group(3))
+    if hours > 23 or minutes > 59:
+        raise section.fail("TimeZone", f"{value!r} is not allowed; an offset is at most +23:59 or -23:59")
+    return dt.timezone(sign * dt.timedelta(hours=hours, minutes=minutes))
 
 
 def masked_config(config: Config) -> dict:
@@ -946,12 +998,17 @@ def store_errors(path: str, timeout: float):
         yield
     except sqlite3.DatabaseError as e:
         text = str(e)
+        if "too big" in text:
+            raise PageTooBig(f"log store {path}: a record is longer than SQLite can return (1 GB)") from None
         if "locked" in text or "busy" in text:
             why = f"locked by another program for more than {timeout:g} s; run again when the Management Program is idle"
         elif "not a database" in text or "file is encrypted" in text:
             why = "not an SQLite log store; check InstalledFolder in config.ini"
         elif "malformed" in text or "corrupt" in text:
             why = "damaged (SQLite: database disk image is malformed); let the Management Program repair it"
+        elif "readonly" in text:
+            why = ("cannot be read by this account: the store is in WAL mode and SQLite must create "
+                   "tmps3log.db-shm beside it; let this account write to the Data folder")
         elif "unable to open" in text:
             why = "cannot be opened; check that this account may read it"
         else:
@@ -1003,7 +1060,12 @@ class Store:
         with store_errors(self.path, self.timeout):
             for kind in kinds:
                 for table, columns in required_columns(KIND_SPECS[kind]).items():
-                    present = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
+                    info = self.db.execute(f"PRAGMA table_info({table})").fetchall()
+                    present = {row[1].lower() for row in info}
+                    if info and not any(row[1].lower() == "id" and row[2].upper() == "INTEGER" and row[5] == 1
+                                        for row in info):
+                        raise StoreError(f"log store {self.path}: in table {table}, id is not the INTEGER "
+                                         f"PRIMARY KEY; is this a TMPS3 Management Program log store?")
                     if not present:
                         raise StoreError(f"log store {self.path}: no table {table} (needed for {kind}); "
                                          f"is this a TMPS3 Management Program log store?")
@@ -1024,9 +1086,11 @@ class Store:
                 db.text_factory = tolerant_text
                 return db.execute(sql, params).fetchall()
 
-    def bounds(self, spec: KindSpec, after_id: int = 0, page: int = STORE_PAGE) -> Iterator[tuple]:
+    def bounds(self, spec: KindSpec, after_id: Optional[int] = None, page: int = STORE_PAGE) -> Iterator[tuple]:
         """(after, last) id ranges of the kind's table holding `page` rows each, in id order,
-        never OFFSET from the start; rows added while they are read wait for the next run."""
+        never OFFSET from the start; rows added while they are read wait for the next run.
+        From the first row when after_id is None (ids may be 0 or negative)."""
+        after_id = self.min_id(spec) - 1 if after_id is None else after_id
         step = f"SELECT id FROM {spec.table} WHERE id > ? ORDER BY id LIMIT 1 OFFSET {page - 1}"
         while True:
             found = self.query(step, [after_id])
@@ -1042,14 +1106,20 @@ class Store:
                f"{' AND ' + where if where else ''} ORDER BY {spec.alias}.id")
         return self.query(sql, [*bounds, *params])
 
-    def page(self, spec: KindSpec, page_select: str, bounds: tuple, where: str = "", params: Sequence = ()) -> list:
+    def page(self, spec: KindSpec, page_select: str, bounds: tuple, where: str = "",
+             params: Sequence = ()) -> Optional[list]:
         """One aggregate over the rows of (after, last]: page_select ends inside a subquery
-        whose rows come in id order, which group_concat keeps."""
+        whose rows come in id order, which group_concat keeps. None when the page is too long
+        to join (values of hundreds of KB): then it is read row by row."""
         sql = (f"SELECT {page_select} FROM {spec.source} WHERE {spec.alias}.id > ? AND {spec.alias}.id <= ?"
                f"{' AND ' + where if where else ''} ORDER BY {spec.alias}.id)")
-        return self.query(sql, [*bounds, *params])
+        try:
+            return self.query(sql, [*bounds, *params])
+        except PageTooBig:
+            return None
 
-    def count(self, spec: KindSpec, where: str = "", params: Sequence = (), after_id: int = 0) -> int:
+    def count(self, spec: KindSpec, where: str = "", params: Sequence = (), after_id: Optional[int] = None) -> int:
+        after_id = self.min_id(spec) - 1 if after_id is None else after_id
         sql = (f"SELECT count(*) FROM {spec.source} WHERE {spec.alias}.id > ?"
                f"{' AND ' + where if where else ''}")
         return self.query(sql, [after_id, *params])[0][0]
@@ -1071,7 +1141,8 @@ class Store:
 
     def min_id(self, spec: KindSpec) -> int:
         """The first id (ids may be 0 or negative); 1 for an empty table."""
-        return self.query(f"SELECT coalesce(min(id), 1) FROM {spec.table}", [])[0][0]
+        first = self.query(f"SELECT coalesce(min(id), 1) FROM {spec.table}", [])[0][0]
+        return max(first, -2**63 + 1)   # (the very lowest id SQLite has cannot be "after" another)
 
     def imported_at(self, spec: KindSpec, record_id: int) -> Optional[str]:
         rows = self.query(f"SELECT imported_at FROM {spec.table} WHERE id = ?", [record_id])
@@ -1438,11 +1509,12 @@ class KindReader:
                             f"FROM (SELECT {line} AS line, {odd} AS odd")
         log.debug("SQL %s: SELECT %s FROM %s", spec.name, self.select, spec.source)
 
-    def pages(self, where: str = "", params: Sequence = (), after_id: int = 0) -> Iterator[tuple]:
+    def pages(self, where: str = "", params: Sequence = (), after_id: Optional[int] = None) -> Iterator[tuple]:
         """(records, bytes) per page: the lines, each ended by LF (LEEF) or CRLF (CSV)."""
         def read(bounds: tuple) -> tuple:
-            if self.fast:
-                (count, text, odd), = self.store.page(self.spec, self.page_select, bounds, where, params)
+            page = self.store.page(self.spec, self.page_select, bounds, where, params) if self.fast else None
+            if page:
+                (count, text, odd), = page
                 if not count:
                     return 0, b""
                 text += self.end
@@ -1452,7 +1524,7 @@ class KindReader:
             return len(rows), self.page_text(rows)
         return in_order(self.store.pool, read, self.store.bounds(self.spec, after_id))
 
-    def records(self, where: str = "", params: Sequence = (), after_id: int = 0) -> Iterator[Record]:
+    def records(self, where: str = "", params: Sequence = (), after_id: Optional[int] = None) -> Iterator[Record]:
         def read(bounds: tuple) -> list:
             rows = self.store.rows(self.spec, self.select, bounds, where, params)
             lines = self.page_text(rows).decode("utf-8").split(self.end.decode())
@@ -1678,7 +1750,8 @@ def describe_os_error(e: OSError) -> str:
         return "connection refused; check ServerAddress/ServerPort and that the server listens"
     if isinstance(e, (socket.timeout, TimeoutError)):
         return "no answer in time; check the address, the port and the firewall"
-    if isinstance(e, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)):
+    if (isinstance(e, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError))
+            or e.errno in (errno.ENOTCONN, 10057)):    # (10057: Windows' WSAENOTCONN)
         return "the server closed the connection; check the server's log"
     return f"{e.strerror or e}; check the network and the server"
 
@@ -1794,13 +1867,21 @@ class StreamSender(SyslogSender):
         return Delivery(len(batch), 0, cut, len(payload))
 
     def close_and_confirm(self, sock: socket.socket) -> None:
-        """Half-close and wait until the server closes too, i.e. has read everything."""
+        """Half-close and wait until the server closes too, i.e. has read everything; within
+        Timeout in all, so that a server trickling bytes cannot hold the run (and its lock)."""
+        deadline = time.monotonic() + self.settings.timeout
         if isinstance(sock, ssl.SSLSocket):
             with contextlib.suppress(ssl.SSLError, OSError):
                 sock = sock.unwrap()  # close_notify first, or rsyslog calls the close improper
         sock.shutdown(socket.SHUT_WR)
-        while sock.recv(4096):
-            pass
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise self.fail(f"the server did not close the connection within Timeout "
+                                f"({self.settings.timeout:g} s) after a batch, so its delivery is not sure")
+            sock.settimeout(left)
+            if not sock.recv(4096):
+                return
 
 
 class TlsClient:
@@ -1815,14 +1896,21 @@ class TlsClient:
         self.cert_file, self.server_name, self.address, self.label = cert_file, server_name, address, label
         self.pins = certificate_fingerprints(cert_file) if cert_file else set()
         self.pinned = False   # learnt on the first connection, kept for the run
+        self.context(True)    # a damaged CertFile is a config error, found before any connection
 
     def context(self, check_hostname: bool) -> ssl.SSLContext:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.check_hostname = check_hostname
         context.verify_mode = ssl.CERT_REQUIRED
+        # Any certificate in CertFile is a trust anchor, a server's own leaf too, not only a CA.
+        context.verify_flags |= getattr(ssl, "VERIFY_X509_PARTIAL_CHAIN", 0x80000)
         if self.cert_file:
-            context.load_verify_locations(cafile=self.cert_file)
+            try:
+                context.load_verify_locations(cafile=self.cert_file)
+            except ssl.SSLError as e:
+                raise ConfigError(f"CertFile {self.cert_file}: OpenSSL cannot read a certificate in it "
+                                  f"({e.reason or e}); copy the server's certificate there again, in PEM form") from None
         else:
             context.load_default_certs()
         return context
@@ -1876,7 +1964,11 @@ def certificate_fingerprints(path: str) -> set:
     if not blocks:
         raise ConfigError(f"CertFile {path}: no PEM certificate in it; copy the server's certificate "
                           f"(-----BEGIN CERTIFICATE-----) there")
-    return {hashlib.sha256(ssl.PEM_cert_to_DER_cert(block)).hexdigest() for block in blocks}
+    try:
+        return {hashlib.sha256(ssl.PEM_cert_to_DER_cert(block)).hexdigest() for block in blocks}
+    except ValueError:   # (binascii.Error is one)
+        raise ConfigError(f"CertFile {path}: a certificate in it is damaged; copy the server's certificate "
+                          f"there again") from None
 
 
 def explain_certificate_error(e: ssl.SSLCertVerificationError, tls: TlsClient) -> str:
@@ -1988,7 +2080,7 @@ class HecSender(Sender):
             number = int(answer["invalid-event-number"])
             if 0 <= number < len(envelopes):
                 return number, answer
-        if answer.get("code", 0) != 0:
+        if answer.get("code") != 0:
             raise SiemError(f"{self.settings.label}: {explain_hec_code(answer)}", kind_only=answer.get("code") == 7)
         if self.settings.use_ack:
             self.wait_for_ack(answer.get("ackId"))
@@ -2009,8 +2101,8 @@ class HecSender(Sender):
             attempt += 1
 
     def try_post(self, path: str, body: bytes, content_encoding: str) -> tuple:
-        import requests
         """(HEC's answer, None) when final, or (why, Retry-After) when worth retrying."""
+        import requests
         headers = {"Content-Encoding": content_encoding} if content_encoding else {}
         s = self.settings
         try:
@@ -2022,7 +2114,7 @@ class HecSender(Sender):
             raise SiemError(f"{s.label}: {explain_requests_tls_error(e, self.tls)}") from None
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
             return f"cannot reach HEC: {describe_requests_error(e, s.timeout)}", None
-        answer = hec_answer(response)
+        answer = hec_answer(response, s.token)
         log.debug("HEC %s: HTTP %d %s", path, response.status_code, answer)
         code = answer.get("code")
         if response.status_code in self.TRANSIENT_STATUS or code in (8, 9, 18, 19, 20):
@@ -2031,9 +2123,9 @@ class HecSender(Sender):
         if response.status_code == 413:
             raise SiemError(f"{s.label}: HEC refused a {len(body)}-byte request as too large (HTTP 413); "
                             f"lower BatchBytes in [Splunk]")
-        if response.status_code != 200 and code is None:
-            raise SiemError(f"{s.label}: HTTP {response.status_code} from a server that is not an HEC endpoint; "
-                            f"check ServerAddress and ServerPort")
+        if code is None and "acks" not in answer:
+            raise SiemError(f"{s.label}: HTTP {response.status_code} without an HEC answer: the server is not an "
+                            f"HTTP Event Collector; check ServerAddress and ServerPort")
         return answer, None
 
     def learn_pinning(self, e: Exception) -> bool:
@@ -2114,12 +2206,26 @@ def hec_time(text: Optional[str], zone: Optional[dt.tzinfo]) -> Optional[float]:
     return int(epoch) if epoch == int(epoch) else round(epoch, 3)
 
 
-def hec_answer(response: requests.Response) -> dict:
+def hec_answer(response: requests.Response, token: str) -> dict:
+    """HEC's answer with each field of the type HEC gives it, the text on one line without the
+    token (a proxy or a hostile server may echo it); {} when the body is no HEC answer."""
     try:
         answer = response.json()
     except ValueError:
         return {}
-    return answer if isinstance(answer, dict) else {}
+    if not isinstance(answer, dict):
+        return {}
+    typed = {}
+    for key in ("code", "ackId", "invalid-event-number"):
+        value = answer.get(key)
+        if type(value) is int or (isinstance(value, str) and value.isdigit() and key != "code"):
+            typed[key] = int(value)
+    if isinstance(answer.get("text"), str):
+        text = clean_value(answer["text"])
+        typed["text"] = text.replace(token, "(the token)") if token else text
+    if isinstance(answer.get("acks"), dict):
+        typed["acks"] = {str(k): v is True for k, v in answer["acks"].items()}
+    return typed
 
 
 def retry_after_seconds(value: Optional[str]) -> Optional[float]:
@@ -2440,14 +2546,24 @@ class LocalCopy:
 
     def __init__(self, folder: str, stamp: str):
         self.folder, self.stamp, self.files = folder, stamp, {}
+        try:   # a folder that cannot take the copy is found before anything is sent
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as e:
+            raise ConfigError(f"{folder}: the local copy of what is sent cannot be written there "
+                              f"({e.strerror}); choose another folder with --output") from None
 
     def write(self, kind: str, batch: Sequence[Record]) -> str:
-        if kind not in self.files:
-            path = new_file_name(self.folder, kind, self.stamp, "leef")
-            self.files[kind] = (path, open(path, "a", encoding="utf-8", newline=""))
-        path, f = self.files[kind]
-        f.write("".join(record.line + "\n" for record in batch))
-        f.flush()
+        path = self.files[kind][0] if kind in self.files else new_file_name(self.folder, kind, self.stamp, "leef")
+        try:
+            if kind not in self.files:
+                self.files[kind] = (path, open(path, "a", encoding="utf-8", newline=""))
+            f = self.files[kind][1]
+            f.write("".join(record.line + "\n" for record in batch))
+            f.flush()
+        except OSError as e:
+            raise ConfigError(f"{path}: the local copy cannot be written ({e.strerror}); the records were "
+                              f"delivered and the checkpoint moved past them; free some disk space") from None
         return path
 
     def close(self) -> None:
@@ -2497,8 +2613,8 @@ def send_kind(store: Store, spec: KindSpec, config: Config, style: LeefStyle, se
 
 def record_delivery(report: KindReport, checkpoint: Checkpoint, copy: LocalCopy,
                     batch: Sequence[Record], delivery: Delivery) -> None:
+    checkpoint.advance(batch[-1])     # first: the SIEM has them, whatever happens to the copy
     report.copy_path = copy.write(report.kind, batch)
-    checkpoint.advance(batch[-1])
     report.delivery.add(delivery)
     report.last = batch[-1]
 
@@ -2636,12 +2752,20 @@ def fetch_certificate(address: str, port: int, timeout: float) -> Optional[bytes
 
 def check_tls(label: str, tls: TlsClient, address: str, port: int, timeout: float) -> list:
     """Handshake as a send would; show the certificate, and why it is refused if it is."""
-    dial = lambda: socket.create_connection((address, port), timeout=timeout)
+    reached = []
+
+    def dial() -> socket.socket:
+        try:
+            sock = socket.create_connection((address, port), timeout=timeout)
+        except OSError as e:
+            raise SiemError(f"{label}: {describe_os_error(e)}") from None
+        reached.append(True)
+        return sock
     try:
         connection = tls.connect(dial, timeout)
     except SiemError as e:
-        der = fetch_certificate(address, port, timeout)
-        shown = certificate_lines(der) if der else ["certificate: none (no TLS answer)"]
+        der = fetch_certificate(address, port, timeout) if reached else None
+        shown = certificate_lines(der) if der else ["certificate: none (no TLS answer)"] if reached else []
         return shown + [f"verification FAILED: {str(e)[len(label) + 2:]}"]
     with connection:
         shown = [f"TLS:       {connection.version()}, {connection.cipher()[0]}"]
@@ -2684,7 +2808,7 @@ def check_splunk(settings: SplunkSettings, config: Config) -> tuple:
         try:
             health = sender.session.get(sender.base_url + "/health", timeout=settings.timeout,
                                         verify=sender.tls.cert_file or True)
-            lines.append(f"health:    HTTP {health.status_code} {hec_answer(health).get('text', '')}")
+            lines.append(f"health:    HTTP {health.status_code} {hec_answer(health, settings.token).get('text', '')}")
             answer, _retry = sender.try_post("/event", b"", "")
         except requests.exceptions.RequestException as e:
             return f"{settings.label}: cannot reach HEC ({describe_requests_error(e, settings.timeout)})", lines
@@ -2722,7 +2846,8 @@ def run_check(options: Options, config: Config) -> int:
     if problems:
         raise problems[0] if len(problems) == 1 else type(problems[0])(
             f"{problems[0]} (and: {'; '.join(map(str, problems[1:]))})")
-    say("result:    all checks passed")
+    udp = isinstance(settings, SyslogSettings) and settings.protocol == "UDP"
+    say("result:    all checks passed" + (" that UDP allows (it cannot tell whether a server listens)" if udp else ""))
     return EXIT_OK
 
 

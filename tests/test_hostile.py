@@ -1255,7 +1255,8 @@ def test_plain_text_server_on_the_tls_port(small_site, rsyslog, hec, plain_liste
 # --- 4. secrets --------------------------------------------------------------------
 
 TOKEN_LINES = {   # the token's own line goes wrong: ([Splunk] lines (bytes), what the one line must say)
-    "continued-on-the-next-line": (b"Token = 11111111-2222-SECRETPART\r\n    -4444-555555555555\r\n", "Token"),
+    "continued-on-the-next-line": (b"Token = 11111111-2222-SECRETPART\r\n    -4444-555555555555\r\n",
+                                   "line 10: not a 'Key = value' line"),   # no value spans lines
     "full-width-characters": ("Token = １１１１１１１１-SECRETPART-５５５５\r\n".encode(), "Token"),
     "control-character": (b"Token = 11111111-SECRETPART\x01-5555\r\n", "Token"),
     "duplicate-key": (b"Token = SECRETPART-1\r\nTOKEN = SECRETPART-2\r\n", "token appears twice"),

@@ -107,6 +107,7 @@ class _Failure:
     code: Optional[int]
     text: str
     retry_after: Optional[int]
+    raw: Optional[bytes] = None     # a body that is not HEC's JSON (a web server, a proxy)
 
 
 class HecServer:
@@ -214,13 +215,15 @@ class HecServer:
                                   "ack": ack, "disabled": disabled}
 
     def fail_next(self, n: int, status: int = 503, code: Optional[int] = None,
-                  retry_after: Optional[int] = None, text: Optional[str] = None) -> None:
-        """The next n event POSTs get ``status`` (503 busy, 500, 408, 429, 501)."""
+                  retry_after: Optional[int] = None, text: Optional[str] = None,
+                  raw: Optional[bytes] = None) -> None:
+        """The next n event POSTs get ``status`` (503 busy, 500, 408, 429, 501), with HEC's
+        JSON answer, or with ``raw`` as the body (what a server that is not HEC says)."""
         default_code, default_text = FAILURES.get(status, (None, "Error"))
         code = default_code if code is None else code
-        text = text or (TEXTS[code] if code is not None else default_text)
+        text = text or (TEXTS.get(code, "Error") if code is not None else default_text)
         with self.lock:
-            self._failures += [_Failure(status, code, text, retry_after)] * n
+            self._failures += [_Failure(status, code, text, retry_after, raw)] * n
 
     def delay_next(self, n: int, seconds: float) -> None:
         """The next n event POSTs wait ``seconds`` before they are handled."""
@@ -379,7 +382,7 @@ class _Handler(BaseHTTPRequestHandler):
         if failure.code is not None:
             body["code"] = failure.code
         headers = {} if failure.retry_after is None else {"Retry-After": str(failure.retry_after)}
-        self._reply(request, failure.status, body, headers)
+        self._reply(request, failure.status, body, headers, raw=failure.raw)
 
     def _events(self, request: Request) -> Dict[str, Any]:
         body = self._read_body(request)
@@ -530,10 +533,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # the next request cannot be found
 
     def _reply(self, request: Request, status: int, body: Dict[str, Any],
-               headers: Optional[Dict[str, str]] = None) -> None:
+               headers: Optional[Dict[str, str]] = None, raw: Optional[bytes] = None) -> None:
         request.status, request.reply = status, body
         self.owner._record(request)
-        data = json.dumps(body, separators=(",", ":")).encode()
+        data = json.dumps(body, separators=(",", ":")).encode() if raw is None else raw
         try:
             self.send_response(status)
             self.send_header("Content-Type", "application/json; charset=UTF-8")
