@@ -339,16 +339,19 @@ def decode_config_bytes(data: bytes, path: str) -> tuple:
 
 
 def read_config_file(path: str) -> tuple:
+    return decode_config_bytes(read_config_bytes(path), path)
+
+
+def read_config_bytes(path: str) -> bytes:
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            return f.read()
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found; copy config.ini there or give --config=<file>") from None
     except IsADirectoryError:
         raise ConfigError(f"{path}: is a folder, not a config file; give --config=<file>") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the config file ({e.strerror}); check its permissions") from None
-    return decode_config_bytes(data, path)
 
 
 def parse_ini(text: str, path: str) -> dict:
@@ -2353,7 +2356,8 @@ def replace_startdate(text: str, value: str) -> str:
             continue
         match = STARTDATE_LINE.match(line) if in_general else None
         if match:
-            lines[i] = match.group(1) + value + match.group(3)
+            gap = " " if re.search(r"\s[=:]$", match.group(1)) else ""   # "Startdate =", as shipped
+            lines[i] = match.group(1) + gap + value + match.group(3)
             return "".join(lines)
     if header_at is None:
         raise ConfigError("config.ini has no [General Setting] section to hold Startdate")
@@ -2365,9 +2369,17 @@ def replace_startdate(text: str, value: str) -> str:
 
 
 def rewrite_startdate(config: Config, value: str) -> None:
-    """Read config.ini afresh (an admin may have edited it meanwhile) and change Startdate alone."""
-    text, codec, bom = read_config_file(config.path)
-    data = bom + replace_startdate(text, value).encode(codec)
+    """Read config.ini afresh (an admin may have edited it meanwhile) and change Startdate alone:
+    the bytes around the value are copied, not encoded again (Shift_JIS has characters with
+    two codes, and an editor's choice must stay)."""
+    original = read_config_bytes(config.path)
+    text, codec, bom = decode_config_bytes(original, config.path)
+    new = replace_startdate(text, value)
+    same_head = len(os.path.commonprefix([text, new]))
+    same_tail = len(os.path.commonprefix([text[same_head:][::-1], new[same_head:][::-1]]))
+    head = len(bom) + len(text[:same_head].encode(codec))
+    tail = len(text[len(text) - same_tail:].encode(codec))
+    data = original[:head] + new[same_head:len(new) - same_tail].encode(codec) + original[len(original) - tail:]
     try:
         write_atomically(config.path, data)
     except OSError as e:

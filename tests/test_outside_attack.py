@@ -273,3 +273,16 @@ def test_a_missing_package_is_one_line(site):
     from conftest import TOOL
     result = subprocess.run([sys.executable, "-S", str(TOOL), "-v"], capture_output=True, text=True)
     assert "docopt-ng is missing" in one_line_error(result, 2)
+
+
+def test_startdate_write_back_keeps_every_other_byte_of_a_shift_jis_file(site, rsyslog):
+    """Shift_JIS gives some characters two codes (NEC and IBM rows): decoding and encoding the
+    whole file again would swap the editor's bytes for others."""
+    rsyslog_config(site, rsyslog.tcp_port, "TCP")
+    lines = site.config.read_bytes().decode("utf-8-sig").replace("\r\n", "\n").split("\n")
+    text = "; ＴＭＰＳ３の設定 \n".encode("cp932") + b"; \x87\x90\x87\x9a\xee\xf9\n" + "\n".join(lines).encode("cp932")
+    site.config.write_bytes(text)
+    assert site.run("send", "--siem=rsyslog", "--log=all").returncode == 0
+    after = site.config.read_bytes()
+    value = re.search(rb"Startdate = (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\n", after).group(1)
+    assert after == text.replace(b"Startdate =\n", b"Startdate = " + value + b"\n")
