@@ -2356,8 +2356,7 @@ def replace_startdate(text: str, value: str) -> str:
             continue
         match = STARTDATE_LINE.match(line) if in_general else None
         if match:
-            gap = " " if re.search(r"\s[=:]$", match.group(1)) else ""   # "Startdate =", as shipped
-            lines[i] = match.group(1) + gap + value + match.group(3)
+            lines[i] = match.group(1) + value + match.group(3)
             return "".join(lines)
     if header_at is None:
         raise ConfigError("config.ini has no [General Setting] section to hold Startdate")

@@ -284,5 +284,5 @@ def test_startdate_write_back_keeps_every_other_byte_of_a_shift_jis_file(site, r
     site.config.write_bytes(text)
     assert site.run("send", "--siem=rsyslog", "--log=all").returncode == 0
     after = site.config.read_bytes()
-    value = re.search(rb"Startdate = (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\n", after).group(1)
-    assert after == text.replace(b"Startdate =\n", b"Startdate = " + value + b"\n")
+    value = re.search(rb"Startdate =(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\n", after).group(1)
+    assert after == text.replace(b"Startdate =\n", b"Startdate =" + value + b"\n")
