@@ -46,6 +46,7 @@ def hec_server(tmp_path_factory) -> Iterator[HecServer]:
 def hec(hec_server: HecServer) -> Iterator[HecServer]:
     hec_server.restore_defaults()
     yield hec_server
+    hec_server.wait_idle()
     hec_server.restore_defaults()  # a failed test leaves no fail_next/delay queued
 
 

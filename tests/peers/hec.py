@@ -284,6 +284,16 @@ class HecServer:
         with self.lock:
             self._open.discard(sock)
 
+    def wait_idle(self, timeout: float = 30) -> None:
+        """Until every connection is closed: a request its client gave up on (a timeout test)
+        is still handled, and its events must land before the next test looks."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if not self._open:
+                    return
+            time.sleep(0.02)
+
     def _handshake_failed(self, error: Exception) -> None:
         with self.lock:
             self.handshake_errors.append(str(error))
