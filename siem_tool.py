@@ -1899,9 +1899,15 @@ class TlsClient:
         self.cert_file, self.server_name, self.address, self.label = cert_file, server_name, address, label
         self.pins = certificate_fingerprints(cert_file) if cert_file else set()
         self.pinned = False   # learnt on the first connection, kept for the run
+        self.contexts = {}    # a send opens a connection per batch: CertFile is loaded once
         self.context(True)    # a damaged CertFile is a config error, found before any connection
 
     def context(self, check_hostname: bool) -> ssl.SSLContext:
+        if check_hostname not in self.contexts:
+            self.contexts[check_hostname] = self.new_context(check_hostname)
+        return self.contexts[check_hostname]
+
+    def new_context(self, check_hostname: bool) -> ssl.SSLContext:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.check_hostname = check_hostname
