@@ -1109,6 +1109,18 @@ class Store:
                f"{' AND ' + where if where else ''} ORDER BY {spec.alias}.id")
         return self.query(sql, [*bounds, *params])
 
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """The queries inside see the store as of one moment (one read transaction)."""
+        db = self.connection()
+        with store_errors(self.path, self.timeout):
+            db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("COMMIT")
+
     def page(self, spec: KindSpec, page_select: str, bounds: tuple, where: str = "",
              params: Sequence = ()) -> Optional[list]:
         """One aggregate over the rows of (after, last]: page_select ends inside a subquery
@@ -1508,6 +1520,7 @@ class KindReader:
             self.fast = style.sql_times
         odd = odd_sql(spec, csv_cells=style is None)
         self.select = ", ".join(meta + [f"CAST({line} AS BLOB)", odd]) if self.fast else self.values_select
+        self.meta_select, self.end_text = ", ".join(meta), self.end.decode()
         self.page_select = (f"count(*), CAST(group_concat(line, {sql_literal(self.end.decode())}) AS BLOB), total(odd) "
                             f"FROM (SELECT {line} AS line, {odd} AS odd")
         log.debug("SQL %s: SELECT %s FROM %s", spec.name, self.select, spec.source)
@@ -1529,8 +1542,16 @@ class KindReader:
 
     def records(self, where: str = "", params: Sequence = (), after_id: Optional[int] = None) -> Iterator[Record]:
         def read(bounds: tuple) -> list:
-            rows = self.store.rows(self.spec, self.select, bounds, where, params)
-            lines = self.page_text(rows).decode("utf-8").split(self.end.decode())
+            with self.store.snapshot():   # the page and its records' ids as of one moment
+                page = self.store.page(self.spec, self.page_select, bounds, where, params) if self.fast else None
+                count, text, odd = page[0] if page else (None, None, None)
+                if count and not odd and self.check.passes(text + self.end, count):
+                    meta = self.store.rows(self.spec, self.meta_select, bounds, where, params)
+                    return [self.record(row, line) for row, line in zip(meta, text.decode("utf-8").split(self.end_text))]
+                if count == 0:
+                    return []
+                rows = self.store.rows(self.spec, self.select, bounds, where, params)
+            lines = self.page_text(rows).decode("utf-8").split(self.end_text)
             return [self.record(row, line) for row, line in zip(rows, lines)]
         for page in in_order(self.store.pool, read, self.store.bounds(self.spec, after_id)):
             yield from page
