@@ -469,6 +469,11 @@ def test_kill_9_at_random_moments_loses_nothing(tmp_path, store_cache, rsyslog):
     expected = collections.Counter(exported_lines(site))
     rng = random.Random(20261203)
     results = []
+    # a whole send, timed, so that the kills land inside one however fast this machine is
+    rsyslog_config(site, rsyslog.tcp_port, "TCP")
+    started = time.monotonic()
+    assert site.run("send", "--siem=rsyslog", "--log=all").returncode == 0
+    whole = time.monotonic() - started
     for trial in range(10):
         for stale in ("config.state.json",):
             (site.folder / stale).unlink(missing_ok=True)
@@ -476,7 +481,7 @@ def test_kill_9_at_random_moments_loses_nothing(tmp_path, store_cache, rsyslog):
         start = rsyslog.mark()
         victim = subprocess.Popen([sys.executable, str(TOOL), "send", "--siem=rsyslog", "--log=all",
                                    f"--config={site.config}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.25, 1.1))
+        time.sleep(rng.uniform(0.4, 0.95) * whole)
         victim.send_signal(signal.SIGKILL)
         victim.wait()
         time.sleep(0.3)
