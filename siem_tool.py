@@ -1364,7 +1364,7 @@ def csv_cells(spec: KindSpec, values: Sequence[str], event_id: int, sev: int) ->
 
 def printf_sql(parts: Sequence[tuple]) -> str:
     """SQL writing (literal text, expression or None) parts in one pass. printf's %s writes a
-    value as CAST(... AS TEXT) does, NULL as nothing, but stops at a NUL character (nul_sql)."""
+    value as CAST(... AS TEXT) does, NULL as nothing, but stops at a NUL character (odd_sql)."""
     pattern, args = [], []
     for literal, expr in parts:
         pattern.append(literal.replace("%", "%%"))
