@@ -789,6 +789,39 @@ def java_time_parts(pattern: str) -> Optional[list]:
     return parts
 
 
+# Where the fixed-width letters stand in a store time, for substr.
+STORE_TIME_SHAPE = "yyyy-MM-dd HH:mm:ss"
+STORE_TIME_SLICES = {letters: (STORE_TIME_SHAPE.index(letters), len(letters))
+                     for letters in ("yyyy", "MM", "dd", "HH", "mm", "ss")}
+
+
+def java_time_slices(pattern: str) -> list:
+    """The pattern as (literal, None) and ("", SQL over {e}) parts, the fixed-width letters as
+    substr of the store time, a run of them with the store's own separators between as one
+    ("HH:mm:ss" is substr({e},12,8)). For patterns SQLite can write (sql_times)."""
+    parts = []
+    for match in JAVA_TOKEN.finditer(pattern):
+        quoted, letter = match.group(1), match.group(2)
+        token = match.group(0)
+        if quoted is not None or not letter:
+            literal = (quoted.replace("''", "'") if quoted else "'") if quoted is not None else token
+            parts.append((literal, None))
+        elif token in STORE_TIME_SLICES:
+            start, length = STORE_TIME_SLICES[token]
+            if (len(parts) >= 2 and parts[-1][1] is None and isinstance(parts[-2][1], tuple)
+                    and STORE_TIME_SHAPE[sum(parts[-2][1]):start] == parts[-1][0]):
+                start, length = parts[-2][1][0], start + length - parts[-2][1][0]
+                del parts[-2:]
+            elif parts and isinstance(parts[-1][1], tuple) and sum(parts[-1][1]) == start:
+                start, length = parts[-1][1][0], length + parts[-1][1][1]
+                del parts[-1]
+            parts.append(("", (start, length)))
+        else:
+            parts.append(("", JAVA_SQL[token]))
+    return [(literal, "{e}" if sql == (0, 19) else f"substr({{e}},{sql[0] + 1},{sql[1]})")
+            if isinstance(sql, tuple) else (literal, sql) for literal, sql in parts]
+
+
 def java_time_sql(pattern: str, expr: str, raw: Optional[str] = None) -> Optional[str]:
     """SQL writing the store time `expr` as the pattern does, or `raw` (by default the value
     itself) if it is not a time; None when the pattern needs Python (zones)."""
@@ -1382,13 +1415,17 @@ def csv_quoted_sql(expr: str) -> str:
 
 def odd_sql(spec: KindSpec, csv_cells: bool) -> str:
     """Whether a record needs Python: its event id is not plain, a value holds a NUL character
-    (printf would silently drop the rest), or a CSV cell starts like a formula."""
+    (printf would silently drop the rest), a CSV cell starts like a formula, or a LEEF time
+    is there but is not one (time_pieces_sql)."""
     tests = [f"{event_id_sql(spec)} IS NULL"]
-    for _key, _role, expr in spec.fields:
+    for _key, role, expr in spec.fields:
         if expr:
             tests.append(f"instr({expr}, char(0))")
             if csv_cells:
                 tests.append(f"{expr} GLOB '[-=+@]*'")
+            elif role == TIME:
+                valid = VALID_TIME_SQL.replace("{e}", f"CAST({expr} AS TEXT)")
+                tests.append(f"({expr} IS NOT NULL AND NOT coalesce({valid}, 0))")
     return f"({' OR '.join(tests)})"
 
 
@@ -1424,18 +1461,31 @@ def line_sql(spec: KindSpec, severity: dict, cell: Callable[[str, str, str], Opt
     cells = [(f"{key}=" if header else "", severity_sql(event, severity)) if role == SEV
              else (f"{key}=" if header else "", event) if role == EVENT
              else cell(key, role, expr) for key, role, expr in spec.fields]
-    for i, part in enumerate(c for c in cells if c):
-        parts += [(separator, None), part] if i else [part]
+    for i, cell_parts in enumerate(c for c in cells if c):
+        cell_parts = cell_parts if isinstance(cell_parts, list) else [cell_parts]
+        parts += [(separator, None), *cell_parts] if i else cell_parts
     return printf_sql(parts)
 
 
 def leef_line_sql(spec: KindSpec, style: LeefStyle, severity: dict) -> str:
-    def cell(key: str, role: str, expr: str) -> tuple:
+    def cell(key: str, role: str, expr: str):
         if role == FORMAT:
             return f"{key}={style.clean(style.time_format)}", None
-        return f"{key}=", java_time_sql(style.time_format, expr) if role == TIME else expr
+        if role == TIME:
+            return [(f"{key}=", None), *time_pieces_sql(style.time_format, expr)]
+        return f"{key}=", expr
     header = LEEF_HEADER.format(event="{event}", delim=f"x{ord(style.delimiter):02X}")
     return line_sql(spec, severity, cell, style.delimiter, header)
+
+
+def time_pieces_sql(pattern: str, expr: str) -> list:
+    """A store time written as the pattern says, as printf parts of the line itself: a separate
+    string per time (printf, strftime, ||) makes two reading threads wait on SQLite's allocator,
+    substr does not. A NULL time writes nothing; a time that is not one is left to Python
+    (odd_sql)."""
+    text = f"CAST({expr} AS TEXT)"
+    return [("", f"CASE WHEN {expr} IS NOT NULL THEN {sql_literal(literal) if sql is None else sql} END"
+                 .replace("{e}", text)) for literal, sql in java_time_slices(pattern)]
 
 
 def csv_line_sql(spec: KindSpec, severity: dict) -> str:
@@ -1511,7 +1561,8 @@ class KindReader:
             self.fast = True
         else:
             self.values_select = spec.select_list(style.time_format if style.sql_times else None)
-            line, self.end = leef_line_sql(spec, style, severity), b"\n"
+            self.end = b"\n"
+            line = leef_line_sql(spec, style, severity) if style.sql_times else "NULL"   # (zones: Python writes)
             separators = len(spec.fields) - 1
             tab = style.delimiter == "\t"
             in_header = style.headers[3000].count(style.delimiter)   # '|' is in LEEF's header
