@@ -747,58 +747,18 @@ JAVA_SQL = {
 VALID_TIME_SQL = "(datetime({e}, '+0 days') IS {e} AND {e} >= '0001')"
 
 
-# Letters that SQLite's strftime writes: a run of them, with the text between, becomes one
-# strftime call. SQLite allocates a string per function result, and two threads reading at once
-# wait on its allocator's lock, so fewer calls per time is what lets both cores work.
-STRFTIME_CODES = {"yyyy": "%Y", "MM": "%m", "dd": "%d", "HH": "%H", "mm": "%M", "ss": "%S"}
-
-
-def java_time_parts(pattern: str) -> Optional[list]:
-    """The pattern as (literal, SQL or None) parts, runs of strftime letters merged into one
-    strftime({e}) (the store time itself for the store's own form); None when a letter needs
-    Python (zones)."""
-    parts, run = [], []     # run: ("code", "%d") and ("text", literal) items of one strftime
-
-    def end_run() -> None:
-        trailing = []
-        while run and run[-1][0] == "text":   # text after the last code stays plain text
-            trailing.insert(0, run.pop()[1])
-        if run:
-            codes = "".join(text if kind == "code" else text.replace("%", "%%") for kind, text in run)
-            parts.append(("", "{e}" if codes == "%Y-%m-%d %H:%M:%S" else f"strftime({sql_literal(codes)}, {{e}})"))
-        parts.extend((text, None) for text in trailing)
-        run.clear()
-
-    for match in JAVA_TOKEN.finditer(pattern):
-        quoted, letter = match.group(1), match.group(2)
-        token = match.group(0)
-        if quoted is not None or not letter:
-            literal = (quoted.replace("''", "'") if quoted else "'") if quoted is not None else token
-            if run:
-                run.append(("text", literal))
-            else:
-                parts.append((literal, None))
-        elif token in STRFTIME_CODES:
-            run.append(("code", STRFTIME_CODES[token]))
-        elif token in JAVA_SQL:
-            end_run()
-            parts.append(("", JAVA_SQL[token]))
-        else:
-            return None
-    end_run()
-    return parts
-
-
 # Where the fixed-width letters stand in a store time, for substr.
 STORE_TIME_SHAPE = "yyyy-MM-dd HH:mm:ss"
 STORE_TIME_SLICES = {letters: (STORE_TIME_SHAPE.index(letters), len(letters))
                      for letters in ("yyyy", "MM", "dd", "HH", "mm", "ss")}
 
 
-def java_time_slices(pattern: str) -> list:
+def java_time_slices(pattern: str) -> Optional[list]:
     """The pattern as (literal, None) and ("", SQL over {e}) parts, the fixed-width letters as
     substr of the store time, a run of them with the store's own separators between as one
-    ("HH:mm:ss" is substr({e},12,8)). For patterns SQLite can write (sql_times)."""
+    ("HH:mm:ss" is substr({e},12,8)); None when a letter needs Python (zones). Each part is
+    an argument of the one printf that writes a line: SQLite allocates a string for each
+    function result but a short substr, and two reading threads then wait on its allocator."""
     parts = []
     for match in JAVA_TOKEN.finditer(pattern):
         quoted, letter = match.group(1), match.group(2)
@@ -816,8 +776,10 @@ def java_time_slices(pattern: str) -> list:
                 start, length = parts[-1][1][0], length + parts[-1][1][1]
                 del parts[-1]
             parts.append(("", (start, length)))
-        else:
+        elif token in JAVA_SQL:
             parts.append(("", JAVA_SQL[token]))
+        else:
+            return None
     return [(literal, "{e}" if sql == (0, 19) else f"substr({{e}},{sql[0] + 1},{sql[1]})")
             if isinstance(sql, tuple) else (literal, sql) for literal, sql in parts]
 
@@ -825,7 +787,7 @@ def java_time_slices(pattern: str) -> list:
 def java_time_sql(pattern: str, expr: str, raw: Optional[str] = None) -> Optional[str]:
     """SQL writing the store time `expr` as the pattern does, or `raw` (by default the value
     itself) if it is not a time; None when the pattern needs Python (zones)."""
-    parts = java_time_parts(pattern)
+    parts = java_time_slices(pattern)
     if parts is None:
         return None
     if len(parts) == 1 and parts[0][1]:
@@ -1479,9 +1441,8 @@ def leef_line_sql(spec: KindSpec, style: LeefStyle, severity: dict) -> str:
 
 
 def time_pieces_sql(pattern: str, expr: str) -> list:
-    """A store time written as the pattern says, as printf parts of the line itself: a separate
-    string per time (printf, strftime, ||) makes two reading threads wait on SQLite's allocator,
-    substr does not. A NULL time writes nothing; a time that is not one is left to Python
+    """A store time written as the pattern says, as printf parts of the line itself
+    (java_time_slices). A NULL time writes nothing; a time that is not one is left to Python
     (odd_sql)."""
     text = f"CAST({expr} AS TEXT)"
     return [("", f"CASE WHEN {expr} IS NOT NULL THEN {sql_literal(literal) if sql is None else sql} END"
