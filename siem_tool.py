@@ -2503,7 +2503,7 @@ class Checkpoint:
         if spec.name in self.advanced:
             return
         entry = self.kinds.get(spec.name)
-        if entry and self.valid(spec.name) and not self.override and int(entry["id"]) == after:
+        if entry and self.valid(spec.name) and not self.override and entry.get("id") == after:
             return
         self.kinds[spec.name] = {"id": after, "imported_at": store.imported_at(spec, after) or "",
                                  "startdate": self.config.startdate}

@@ -286,3 +286,16 @@ def test_startdate_write_back_keeps_every_other_byte_of_a_shift_jis_file(site, r
     after = site.config.read_bytes()
     value = re.search(rb"Startdate =(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\n", after).group(1)
     assert after == text.replace(b"Startdate =\n", b"Startdate =" + value + b"\n")
+
+
+def test_a_held_kind_with_nothing_to_send_runs_through(site, rsyslog):
+    """A kind held where Startdate stood (not sent by an earlier run) that has no records now."""
+    rsyslog_config(site, rsyslog.tcp_port, "TCP")
+    assert site.run("send", "--siem=rsyslog", "--log=scannedlog").returncode == 0
+    db = sqlite3.connect(site.store)
+    db.execute("DELETE FROM update_info")
+    db.commit()
+    db.close()
+    result = site.run("send", "--siem=rsyslog", "--log=all")
+    assert result.returncode == 0, result.stderr
+    assert sent_summary(result)["updateinfo"][0] == 0
