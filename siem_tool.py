@@ -1533,21 +1533,16 @@ class KindReader:
         odd = odd_sql(spec, csv_cells=style is None)
         self.select = ", ".join(meta + [f"CAST({line} AS BLOB)", odd]) if self.fast else self.values_select
         self.meta_select, self.end_text = ", ".join(meta), self.end.decode()
-        self.page_select = (f"count(*), CAST(group_concat(line, {sql_literal(self.end.decode())}) AS BLOB), total(odd) "
+        self.page_select = (f"count(*), CAST(group_concat(line, {sql_literal(self.end_text)}) AS BLOB), total(odd) "
                             f"FROM (SELECT {line} AS line, {odd} AS odd")
         log.debug("SQL %s: SELECT %s FROM %s", spec.name, self.select, spec.source)
 
     def pages(self, where: str = "", params: Sequence = (), after_id: Optional[int] = None) -> Iterator[tuple]:
         """(records, bytes) per page: the lines, each ended by LF (LEEF) or CRLF (CSV)."""
         def read(bounds: tuple) -> tuple:
-            page = self.store.page(self.spec, self.page_select, bounds, where, params) if self.fast else None
-            if page:
-                (count, text, odd), = page
-                if not count:
-                    return 0, b""
-                text += self.end
-                if not odd and self.check.passes(text, count):
-                    return count, text
+            whole = self.whole_page(bounds, where, params)
+            if whole:
+                return whole
             rows = self.store.rows(self.spec, self.select, bounds, where, params)
             return len(rows), self.page_text(rows)
         return in_order(self.store.pool, read, self.store.bounds(self.spec, after_id))
@@ -1555,18 +1550,27 @@ class KindReader:
     def records(self, where: str = "", params: Sequence = (), after_id: Optional[int] = None) -> Iterator[Record]:
         def read(bounds: tuple) -> list:
             with self.store.snapshot():   # the page and its records' ids as of one moment
-                page = self.store.page(self.spec, self.page_select, bounds, where, params) if self.fast else None
-                count, text, odd = page[0] if page else (None, None, None)
-                if count and not odd and self.check.passes(text + self.end, count):
-                    meta = self.store.rows(self.spec, self.meta_select, bounds, where, params)
-                    return [self.record(row, line) for row, line in zip(meta, text.decode("utf-8").split(self.end_text))]
-                if count == 0:
-                    return []
+                whole = self.whole_page(bounds, where, params)
+                if whole:
+                    meta = self.store.rows(self.spec, self.meta_select, bounds, where, params) if whole[0] else []
+                    return [self.record(row, line) for row, line in zip(meta, whole[1].decode("utf-8").split(self.end_text))]
                 rows = self.store.rows(self.spec, self.select, bounds, where, params)
             lines = self.page_text(rows).decode("utf-8").split(self.end_text)
             return [self.record(row, line) for row, line in zip(rows, lines)]
         for page in in_order(self.store.pool, read, self.store.bounds(self.spec, after_id)):
             yield from page
+
+    def whole_page(self, bounds: tuple, where: str, params: Sequence) -> Optional[tuple]:
+        """(records, lines each ended) of a page SQLite wrote whole and that passes the check;
+        None when it is to be read row by row (a record for Python, or too long to join)."""
+        page = self.store.page(self.spec, self.page_select, bounds, where, params) if self.fast else None
+        if not page:
+            return None
+        (count, text, odd), = page
+        if not count:
+            return 0, b""
+        text += self.end
+        return (count, text) if not odd and self.check.passes(text, count) else None
 
     def record(self, row: tuple, line: str) -> Record:
         event_id = self.event_id(row)
